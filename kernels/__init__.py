@@ -1,0 +1,28 @@
+"""Hot-path kernels, installed as ``zfraw.kernels``.
+
+Every backend provides the same kernels, with the same signatures, on arguments
+that :mod:`zfraw.functional` has already validated and normalized (C-contiguous
+float32/float64 arrays, strides and pads as separate ints):
+
+``im2col(x, kh, kw, sh, sw, ph, pw) -> cols``
+    x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo); row index c*kh*kw + i*kw + j,
+    column index ho*Wo + wo; cols[n, (c,i,j), (ho,wo)] = xpad[n, c, ho*sh+i, wo*sw+j]
+    with zero padding.
+``col2im(cols, x_shape, kh, kw, sh, sw, ph, pw) -> x``
+    the adjoint of im2col: every column entry is added back to the pixel it came
+    from (entries that fall in the padding are dropped).
+``max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo) -> (y, switches)``
+    y (N, C, Ho, Wo) and int64 switches of the same shape, each the flat index
+    h*W + w into the unpadded input plane; padding is -inf; ties go to the first
+    maximum in row-major window order; a NaN wins (the last NaN, as PyTorch).
+``max_unpool2d(y, switches, H, W, window) -> x``
+    x (N, C, H, W) with x.flat[plane, switch] += y (sums on collision).  window is
+    None or (kh, kw, sh, sw, ph, pw), the geometry that produced the switches; a
+    backend may use it for a deterministic gather.
+``lrn(x, size, alpha, beta, k) -> y`` and ``lrn_backward(dy, x, size, alpha, beta, k) -> dx``
+    cross-channel local response norm (PyTorch window: size//2 channels before c,
+    (size-1)//2 after).
+
+Modules: :mod:`vectorized` (array-module generic, used by ``numpy`` and ``cupy``),
+:mod:`cpu` (Numba), :mod:`cuda` (raw CUDA through CuPy; sources in ``*.cu``).
+"""

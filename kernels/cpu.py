@@ -1,0 +1,552 @@
+"""Numba kernels: the ``numba`` backend's hot paths on the CPU.
+
+Every kernel of :data:`zfraw.backend.KERNEL_NAMES` is here, with the signature
+documented in :mod:`zfraw.kernels` (the same as :mod:`zfraw.kernels.vectorized`),
+collected in :data:`KERNELS`.  Each public function is a thin Python wrapper
+that allocates the output with ``np.empty`` (through :data:`_empty`, which the
+tests replace by a poisoning allocator) and calls one compiled kernel; the
+kernel writes every output element.
+
+How the kernels are built
+-------------------------
+* ``@njit(parallel=True, cache=True, fastmath=FASTMATH)``: ``prange`` runs the
+  outer loop over independent tasks, (n, c) planes or (n, block of pixels), on
+  all cores; inner loops run over contiguous memory, so the kernels stream at
+  memory bandwidth.  Compiled code is cached in ``kernels/__pycache__`` after
+  the first call of each kernel for each dtype.
+* ``FASTMATH`` allows reassociation, contraction to FMA and approximate
+  functions, but never ``nnan``/``ninf``: max-pooling pads with -inf and a NaN
+  must win, so comparisons with NaN and infinities keep their IEEE meaning.
+  ``error_model="numpy"``: a float division by zero gives inf/nan as in NumPy
+  instead of raising, which also lets LLVM vectorize loops that divide.
+* float32 and float64 each get their own compiled version; scalars reach the
+  kernels already cast to the input's dtype (and constants are made with
+  ``x.dtype.type``), so nothing is silently computed in another precision.
+  Indices are int64 (``intp``) throughout.
+* Each output element is written by exactly one task: ``col2im`` sums all the
+  taps that reach a plane in that plane's task (a private buffer),
+  ``max_unpool2d`` runs each plane sequentially.  No races, no atomics, and the
+  results are deterministic.
+* The tasks are dealt to a few ``prange`` chunks per thread, and each chunk
+  allocates its scratch buffers once (a fresh allocation per task costs page
+  faults that, for small planes, take longer than the work).
+* Inner loops index a slice from 0 (``row[wo] = src[wo]``), not ``src[q0 + wo]``:
+  Numba's negative-index wrap-around on a computed index keeps LLVM from
+  vectorizing the loop.
+
+The column-phase trick
+----------------------
+A strided window reads ``xpad[ho*sh + i, wo*sw + j]``: along ``wo`` that is a
+stride-``sw`` walk, which does not vectorize.  So each task first copies its
+padded plane into *column phases*, ``xph[p, r, q] = xpad[r, q*sw + p]`` (p < sw),
+after which every tap reads a contiguous run:
+``xpad[ho*sh + i, wo*sw + j] = xph[j % sw, ho*sh + i, j // sw + wo]``.
+The copy is one pass over a plane that stays in cache; ``im2col``, ``col2im``
+(in reverse) and ``max_pool2d`` use it.
+
+Agreement with the ``numpy`` backend: ``im2col`` and ``max_pool2d`` (values and
+switches) are bit-identical; ``col2im`` and ``max_unpool2d`` add in the same
+order as NumPy (``max_unpool2d`` in the input's dtype, where NumPy's bincount
+adds in float64); the local response norm agrees to round-off (FMA contraction,
+and ``pow`` from another math library or, for beta = 0.75, square roots).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["KERNELS", "FASTMATH", "im2col", "col2im", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward"]
+
+#: LLVM fast-math flags for every kernel: no ``nnan``/``ninf`` (NaN and -inf must behave).
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+_jit = njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+_helper = njit(cache=True, fastmath=FASTMATH, error_model="numpy")  # serial, called from the kernels
+
+
+#: allocator of every output (the tests swap in one that fills with NaN / -1, so an
+#: element a kernel fails to write shows up)
+_empty = np.empty
+
+
+def _contiguous(name, a):
+    """C-contiguous float32/float64 array (a no-op for what :mod:`zfraw.functional` passes)."""
+    a = np.ascontiguousarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must have dtype float32 or float64 for the numba kernels, got {a.dtype}")
+    return a
+
+
+def _n_chunks(n_tasks):
+    """Number of ``prange`` chunks: a few per thread, at least one."""
+    return max(1, min(n_tasks, 4 * numba.get_num_threads()))
+
+
+# ============================================================== helpers
+
+@_helper
+def _chunk(k, n_chunks, n_tasks):
+    """[start, stop) of the tasks of chunk k: contiguous, sizes differ by at most one."""
+    return k * n_tasks // n_chunks, (k + 1) * n_tasks // n_chunks
+
+
+@_helper
+def _ceil_div(a, b):
+    """ceil(a / b) for ints, b > 0 (any sign of a)."""
+    return -((-a) // b)
+
+
+@_helper
+def _deinterleave(src, xph, r):
+    """xph[p, r, q] = src[q*sw + p] for p < sw = xph.shape[0], q < xph.shape[2].
+
+    Strides 1 and 2 get loops with constant strides over contiguous rows, which
+    LLVM vectorizes.
+    """
+    sw, wq = xph.shape[0], xph.shape[2]
+    if sw == 1:
+        d0 = xph[0, r]
+        for q in range(wq):
+            d0[q] = src[q]
+    elif sw == 2:
+        d0, d1 = xph[0, r], xph[1, r]
+        for q in range(wq):
+            d0[q] = src[2 * q]
+            d1[q] = src[2 * q + 1]
+    else:
+        for p in range(sw):
+            d = xph[p, r]
+            for q in range(wq):
+                d[q] = src[q * sw + p]
+
+
+@_helper
+def _interleave(xph, r, dst):
+    """dst[q*sw + p] = xph[p, r, q], the inverse of :func:`_deinterleave`."""
+    sw, wq = xph.shape[0], xph.shape[2]
+    if sw == 1:
+        s0 = xph[0, r]
+        for q in range(wq):
+            dst[q] = s0[q]
+    elif sw == 2:
+        s0, s1 = xph[0, r], xph[1, r]
+        for q in range(wq):
+            dst[2 * q] = s0[q]
+            dst[2 * q + 1] = s1[q]
+    else:
+        for p in range(sw):
+            s_p = xph[p, r]
+            for q in range(wq):
+                dst[q * sw + p] = s_p[q]
+
+
+@_helper
+def _split_columns(plane, xph, row, ph, pw, fill):
+    """Padded plane in column phases: xph[p, r, q] = xpad[r, q*sw + p], sw = xph.shape[0].
+
+    plane (H, W); xph (sw, Hp, Wq); row: scratch of sw*Wq.  xpad[r, s] is
+    plane[r - ph, s - pw] inside the plane and ``fill`` elsewhere (also beyond
+    H + 2 ph, where a ceil-mode window may reach).  Each padded row is built
+    contiguously in ``row`` (a plain copy between two fills), then deinterleaved.
+    """
+    h_in, w_in = plane.shape
+    sw, hp, wq = xph.shape
+    width = sw * wq
+    lo = min(pw, width)                  # row[lo:hi] = plane[h, :hi - lo]
+    hi = min(pw + w_in, width)
+    for r in range(hp):
+        h = r - ph
+        if h < 0 or h >= h_in:
+            for s in range(width):
+                row[s] = fill
+        else:
+            for s in range(lo):
+                row[s] = fill
+            line, dst = plane[h, 0:hi - lo], row[lo:hi]
+            for s in range(hi - lo):
+                dst[s] = line[s]
+            for s in range(hi, width):
+                row[s] = fill
+        _deinterleave(row, xph, r)
+
+
+# ============================================================== im2col
+
+@_jit
+def _im2col_kernel(x, cols, sh, sw, ph, pw, n_chunks):
+    """cols[n, c, i, j, ho, wo] = xpad[n, c, ho*sh + i, wo*sw + j] (zero padding).
+
+    x (N, C, H, W); cols (N, C, kh, kw, Ho, Wo), the 6-D view of the
+    (N, C*kh*kw, Ho*Wo) column matrix.  One task per (n, c) plane: split the
+    padded plane into column phases, then copy each tap's rows, which are
+    contiguous there.
+    """
+    n_img, n_ch = x.shape[0], x.shape[1]
+    kh, kw, ho_n, wo_n = cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    hp = (ho_n - 1) * sh + kh             # padded rows the windows read
+    wq = wo_n + (kw - 1) // sw            # phase columns the windows read
+    zero = x.dtype.type(0)
+    for chunk in prange(n_chunks):
+        xph = np.empty((sw, hp, wq), dtype=x.dtype)
+        row = np.empty(sw * wq, dtype=x.dtype)
+        t0, t1 = _chunk(chunk, n_chunks, n_img * n_ch)
+        for task in range(t0, t1):
+            n, c = task // n_ch, task % n_ch
+            _split_columns(x[n, c], xph, row, ph, pw, zero)
+            for i in range(kh):
+                for j in range(kw):
+                    p, q0 = j % sw, j // sw
+                    tap = cols[n, c, i, j]
+                    for ho in range(ho_n):
+                        src, dst = xph[p, ho * sh + i, q0:q0 + wo_n], tap[ho]
+                        for wo in range(wo_n):
+                            dst[wo] = src[wo]
+
+
+def im2col(x, kh, kw, sh, sw, ph, pw):
+    """Unfold windows into columns: x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo).
+
+    ``cols[n, c*kh*kw + i*kw + j, ho*Wo + wo] = xpad[n, c, ho*sh + i, wo*sw + j]``
+    with zero padding, Ho = (H + 2 ph - kh) // sh + 1, Wo likewise.
+    """
+    x = _contiguous("x", x)
+    n, c, h, w = x.shape
+    ho = (h + 2 * ph - kh) // sh + 1
+    wo = (w + 2 * pw - kw) // sw + 1
+    cols = _empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    _im2col_kernel(x, cols, sh, sw, ph, pw, _n_chunks(n * c))
+    return cols.reshape(n, c * kh * kw, ho * wo)
+
+
+# ============================================================== col2im
+
+@_jit
+def _col2im_kernel(cols, x, sh, sw, ph, pw, n_chunks):
+    """x[n, c, h, w] = sum of cols[n, c, i, j, ho, wo] over the taps with
+    ho*sh - ph + i = h and wo*sw - pw + j = w (taps in the padding are dropped).
+
+    cols (N, C, kh, kw, Ho, Wo), x (N, C, H, W).  Owner computes: one task owns
+    each (n, c) plane and sums every tap that reaches the plane into a private
+    padded buffer, kept in column phases (acc[p, r, q] = xpad[r, q*sw + p]) so
+    that each tap adds a contiguous run.  Each pixel receives its taps in the
+    order i, then j (as the NumPy kernel adds them), starting from zero; the
+    task then copies the unpadded part to x, row by row.  No other task touches
+    the plane: no races, no atomics, the same result on every run.
+    """
+    n_img, n_ch, h_in, w_in = x.shape
+    kh, kw, ho_n, wo_n = cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    hp = max((ho_n - 1) * sh + kh, h_in + ph)                  # every pixel has a slot
+    wq = max(wo_n + (kw - 1) // sw, _ceil_div(w_in + pw, sw))
+    for chunk in prange(n_chunks):
+        acc = np.empty((sw, hp, wq), dtype=x.dtype)
+        flat = acc.reshape(sw * hp * wq)
+        row = np.empty(sw * wq, dtype=x.dtype)
+        t0, t1 = _chunk(chunk, n_chunks, n_img * n_ch)
+        for task in range(t0, t1):
+            n, c = task // n_ch, task % n_ch
+            for e in range(flat.size):
+                flat[e] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    p, q0 = j % sw, j // sw
+                    tap = cols[n, c, i, j]
+                    for ho in range(ho_n):
+                        src, dst = tap[ho], acc[p, ho * sh + i, q0:q0 + wo_n]
+                        for wo in range(wo_n):
+                            dst[wo] += src[wo]
+            for h in range(h_in):
+                _interleave(acc, h + ph, row)
+                src, dst = row[pw:pw + w_in], x[n, c, h]
+                for w in range(w_in):
+                    dst[w] = src[w]
+
+
+def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """Adjoint of :func:`im2col`: cols (N, C*kh*kw, Ho*Wo) -> x (N, C, H, W) = ``x_shape``.
+
+    ``x[n, c, h, w] = sum over (i, j, ho, wo) with ho*sh - ph + i = h, wo*sw - pw + j = w
+    of cols[n, c*kh*kw + i*kw + j, ho*Wo + wo]``, so ``<im2col(x), cols> == <x, col2im(cols)>``.
+    """
+    cols = _contiguous("cols", cols)
+    n, c, h, w = (int(s) for s in x_shape)
+    ho = (h + 2 * ph - kh) // sh + 1
+    wo = (w + 2 * pw - kw) // sw + 1
+    x = _empty((n, c, h, w), dtype=cols.dtype)
+    _col2im_kernel(cols.reshape(n, c, kh, kw, ho, wo), x, sh, sw, ph, pw, _n_chunks(n * c))
+    return x
+
+
+# ============================================================== max pooling
+
+@_helper
+def _take_max(best, tap, vals, k):
+    """Where vals > best or vals is NaN: best = vals and tap = k (elementwise; vectorizes)."""
+    for q in range(best.size):
+        v, b = vals[q], best[q]
+        wins = (v > b) | (v != v)
+        best[q] = v if wins else b
+        tap[q] = k if wins else tap[q]
+
+
+@_jit
+def _max_pool_kernel(x, y, switches, kh, kw, sh, sw, ph, pw, n_chunks):
+    """y[n, c, ho, wo] = max_{i < kh, j < kw} xpad[n, c, ho*sh + i, wo*sw + j] (-inf padding)
+    and switches[n, c, ho, wo] = h*W + w of that maximum in the unpadded plane.
+
+    One task per (n, c) plane: split the -inf-padded plane into column phases,
+    then for each tap (i, j), in row-major order, copy the tap's values for
+    the whole output plane (contiguous rows) and take them where ``v > best`` or
+    ``v != v`` (NaN): ties keep the first maximum, the last NaN wins and the
+    padding (-inf) never wins.  The winning tap starts at the window's first
+    in-bounds pixel (it matters only when every value is -inf).  A tap is kept
+    as its int32 offset i*W + j from the window's corner, so the switch is
+    corner + offset.
+    """
+    n_img, n_ch, h_in, w_in = x.shape
+    ho_n, wo_n = y.shape[2], y.shape[3]
+    hp = (ho_n - 1) * sh + kh
+    wq = wo_n + (kw - 1) // sw
+    neg_inf = x.dtype.type(-np.inf)
+    for chunk in prange(n_chunks):
+        xph = np.empty((sw, hp, wq), dtype=x.dtype)
+        row = np.empty(sw * wq, dtype=x.dtype)
+        vals = np.empty(ho_n * wo_n, dtype=x.dtype)
+        tap = np.empty(ho_n * wo_n, dtype=np.int32)
+        t0, t1 = _chunk(chunk, n_chunks, n_img * n_ch)
+        for task in range(t0, t1):
+            n, c = task // n_ch, task % n_ch
+            _split_columns(x[n, c], xph, row, ph, pw, neg_inf)
+            best = y[n, c].reshape(ho_n * wo_n)
+            for ho in range(ho_n):
+                h0 = ho * sh - ph
+                for wo in range(wo_n):
+                    w0 = wo * sw - pw
+                    best[ho * wo_n + wo] = neg_inf
+                    tap[ho * wo_n + wo] = (max(h0, 0) - h0) * w_in + max(w0, 0) - w0
+            for i in range(kh):
+                for j in range(kw):
+                    p, q0 = j % sw, j // sw
+                    for ho in range(ho_n):
+                        src = xph[p, ho * sh + i, q0:q0 + wo_n]
+                        dst = vals[ho * wo_n:(ho + 1) * wo_n]
+                        for wo in range(wo_n):
+                            dst[wo] = src[wo]
+                    _take_max(best, tap, vals, np.int32(i * w_in + j))
+            for ho in range(ho_n):
+                corner = (ho * sh - ph) * w_in - pw   # flat index of the window's (0, 0) tap at wo = 0
+                t, arg = tap[ho * wo_n:(ho + 1) * wo_n], switches[n, c, ho]
+                for wo in range(wo_n):
+                    arg[wo] = corner + wo * sw + t[wo]
+
+
+def max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo):
+    """Max-pooling with switches: x (N, C, H, W) -> (y, switches), both (N, C, Ho, Wo).
+
+    ``y[n, c, ho, wo] = max_{i < kh, j < kw} xpad[n, c, ho*sh + i, wo*sw + j]`` with
+    -inf padding; ``switches`` (int64) is the flat index h*W + w of the maximum in
+    the unpadded plane.  Ties: first in row-major window order; a NaN wins (the
+    last one, as in PyTorch).
+    """
+    x = _contiguous("x", x)
+    n, c = x.shape[:2]
+    y = _empty((n, c, Ho, Wo), dtype=x.dtype)
+    switches = _empty((n, c, Ho, Wo), dtype=np.int64)
+    _max_pool_kernel(x, y, switches, kh, kw, sh, sw, ph, pw, _n_chunks(n * c))
+    return y, switches
+
+
+# ============================================================== max unpooling
+
+@_jit
+def _max_unpool_kernel(y, switches, x):
+    """x[p, :] = 0, then x[p, switches[p, k]] += y[p, k] for k in order.
+
+    y, switches (P, Ho*Wo) and x (P, H*W), P = N*C planes.  ``prange`` over
+    planes, sequential within one, so collisions add in a fixed order.
+    """
+    n_planes, n_in = x.shape
+    n_out = y.shape[1]
+    for p in prange(n_planes):
+        out, vals, idx = x[p], y[p], switches[p]
+        for k in range(n_in):
+            out[k] = 0
+        for k in range(n_out):
+            out[idx[k]] += vals[k]
+
+
+def max_unpool2d(y, switches, H, W, window=None):
+    """Unpooling: y (N, C, Ho, Wo), int64 switches -> x (N, C, H, W), zero except
+    ``x[n, c].flat[switches[n, c, i, j]] += y[n, c, i, j]`` (sums on collision).
+
+    ``window`` (the pooling geometry) is not needed: the per-plane loop is already
+    deterministic.  Switches must lie in [0, H*W) (:func:`zfraw.functional.max_unpool2d`
+    checks that).
+    """
+    y = _contiguous("y", y)
+    switches = np.ascontiguousarray(switches, dtype=np.int64)
+    n, c, ho, wo = y.shape
+    x = _empty((n, c, H, W), dtype=y.dtype)
+    _max_unpool_kernel(y.reshape(n * c, ho * wo), switches.reshape(n * c, ho * wo), x.reshape(n * c, H * W))
+    return x
+
+
+# ============================================================== local response norm
+
+@_helper
+def _window_sum_sq(x, n, c, before, after, p0, acc):
+    """acc[p] = sum of x[n, j, p0 + p]^2 over j in [c - before, c + after] ∩ [0, C), ascending j."""
+    n_ch, m = x.shape[1], acc.size
+    j0, j1 = max(c - before, 0), min(c + after, n_ch - 1)
+    first = x[n, j0, p0:p0 + m]
+    for p in range(m):
+        acc[p] = first[p] * first[p]
+    for j in range(j0 + 1, j1 + 1):
+        line = x[n, j, p0:p0 + m]
+        for p in range(m):
+            acc[p] += line[p] * line[p]
+
+
+@_helper
+def _scale_and_power(acc, s_pow, coef, neg_beta, k):
+    """In place acc -> s = k + coef * acc, and s_pow = s ** neg_beta.
+
+    beta = 0.75 (ZFNet, AlexNet) is computed as 1 / (sqrt(s) sqrt(sqrt(s))),
+    which vectorizes; any other beta calls ``pow`` (scalar, slower).
+    """
+    for p in range(acc.size):
+        acc[p] = k + coef * acc[p]
+    one = acc.dtype.type(1)
+    if neg_beta == -0.75:
+        for p in range(acc.size):
+            r = np.sqrt(acc[p])
+            s_pow[p] = one / (r * np.sqrt(r))
+    else:
+        for p in range(acc.size):
+            s_pow[p] = acc[p] ** neg_beta
+
+
+@_jit
+def _lrn_kernel(x, y, before, after, coef, neg_beta, k, block, n_chunks):
+    """y[n, c, p] = x[n, c, p] * s[n, c, p] ** neg_beta with
+    s = k + coef * sum_{j=c-before}^{c+after} x[n, j, p]^2 (zero outside [0, C)).
+
+    x, y (N, C, H*W); coef = alpha / size, neg_beta = -beta.  One task per
+    (n, block of pixels); the block of all channels stays in cache while the
+    window sums run along contiguous pixels.
+    """
+    n_img, n_ch, n_pix = x.shape
+    n_blocks = (n_pix + block - 1) // block
+    for chunk in prange(n_chunks):
+        s = np.empty(block, dtype=x.dtype)
+        s_pow = np.empty(block, dtype=x.dtype)
+        t0, t1 = _chunk(chunk, n_chunks, n_img * n_blocks)
+        for task in range(t0, t1):
+            n, p0 = task // n_blocks, (task % n_blocks) * block
+            m = min(block, n_pix - p0)
+            for c in range(n_ch):
+                _window_sum_sq(x, n, c, before, after, p0, s[:m])
+                _scale_and_power(s[:m], s_pow[:m], coef, neg_beta, k)
+                src, dst = x[n, c, p0:p0 + m], y[n, c, p0:p0 + m]
+                for p in range(m):
+                    dst[p] = src[p] * s_pow[p]
+
+
+@_jit
+def _lrn_backward_kernel(dy, x, dx, before, after, coef, neg_beta, k, coef2, block, n_chunks):
+    """dx_c = dy_c s_c^-beta - coef2 * x_c * sum_{j: c in win(j)} dy_j x_j s_j^-beta / s_j.
+
+    s_j = k + coef * (window sum of x^2 at j), coef = alpha / size,
+    coef2 = 2 alpha beta / size; c lies in the window [j - before, j + after] of j
+    exactly when j lies in [c - after, c + before].  All arrays (N, C, H*W).  Per
+    (n, block of pixels) task: first s^-beta and the inner term of every channel
+    (scratch of C x block), then the output.
+    """
+    n_img, n_ch, n_pix = x.shape
+    n_blocks = (n_pix + block - 1) // block
+    for chunk in prange(n_chunks):
+        s = np.empty(block, dtype=x.dtype)
+        s_pow_all = np.empty((n_ch, block), dtype=x.dtype)
+        inner_all = np.empty((n_ch, block), dtype=x.dtype)
+        t0, t1 = _chunk(chunk, n_chunks, n_img * n_blocks)
+        for task in range(t0, t1):
+            n, p0 = task // n_blocks, (task % n_blocks) * block
+            m = min(block, n_pix - p0)
+            for c in range(n_ch):
+                _window_sum_sq(x, n, c, before, after, p0, s[:m])
+                s_pow, inner = s_pow_all[c, :m], inner_all[c, :m]
+                _scale_and_power(s[:m], s_pow, coef, neg_beta, k)
+                xc, dyc = x[n, c, p0:p0 + m], dy[n, c, p0:p0 + m]
+                for p in range(m):
+                    inner[p] = dyc[p] * xc[p] * s_pow[p] / s[p]
+            for c in range(n_ch):
+                j0, j1 = max(c - after, 0), min(c + before, n_ch - 1)
+                first = inner_all[j0, :m]
+                for p in range(m):
+                    s[p] = first[p]                # s now holds the sum over j
+                for j in range(j0 + 1, j1 + 1):
+                    term = inner_all[j, :m]
+                    for p in range(m):
+                        s[p] += term[p]
+                xc, dyc, out = x[n, c, p0:p0 + m], dy[n, c, p0:p0 + m], dx[n, c, p0:p0 + m]
+                s_pow = s_pow_all[c, :m]
+                for p in range(m):
+                    out[p] = dyc[p] * s_pow[p] - coef2 * xc[p] * s[p]
+
+
+def _lrn_scalars(dtype, size, alpha, beta, k):
+    """(before, after, alpha/size, -beta, k, 2 alpha beta/size), the floats in ``dtype``."""
+    t = np.dtype(dtype).type
+    return (size // 2, (size - 1) // 2, t(alpha / size), t(-beta), t(k), t(2.0 * alpha * beta / size))
+
+
+def _lrn_tasks(n, c, h, w):
+    """(pixels per block, number of chunks): the backward's two C x block scratch
+    arrays stay within ~512 KiB."""
+    block = int(max(64, min(2048, 65536 // max(1, c))))
+    block = min(block, max(1, h * w))
+    return block, _n_chunks(n * -(-(h * w) // block))
+
+
+def lrn(x, size, alpha, beta, k):
+    """Local response norm across channels: x (N, C, H, W) -> y (N, C, H, W),
+
+    ``y_c = x_c * (k + alpha/size * sum_{j=c-size//2}^{c+(size-1)//2} x_j^2) ** -beta``
+    (channels outside [0, C) count as zero; PyTorch's window).
+    """
+    x = _contiguous("x", x)
+    n, c, h, w = x.shape
+    before, after, coef, neg_beta, kk, _ = _lrn_scalars(x.dtype, size, alpha, beta, k)
+    y = _empty(x.shape, dtype=x.dtype)
+    _lrn_kernel(x.reshape(n, c, h * w), y.reshape(n, c, h * w), before, after, coef, neg_beta, kk,
+                *_lrn_tasks(n, c, h, w))
+    return y
+
+
+def lrn_backward(dy, x, size, alpha, beta, k):
+    """Gradient of :func:`lrn`: dy, x (N, C, H, W) -> dx (N, C, H, W),
+
+    ``dx_c = dy_c s_c^-beta - (2 alpha beta / size) x_c sum_{j: c in win(j)} dy_j x_j s_j^(-beta-1)``
+    with s_j = k + alpha/size * sum_{i in win(j)} x_i^2.
+    """
+    dy, x = _contiguous("dy", dy), _contiguous("x", x)
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy has dtype {dy.dtype} but x has {x.dtype}")
+    n, c, h, w = x.shape
+    before, after, coef, neg_beta, kk, coef2 = _lrn_scalars(x.dtype, size, alpha, beta, k)
+    dx = _empty(x.shape, dtype=x.dtype)
+    shape3 = (n, c, h * w)
+    _lrn_backward_kernel(dy.reshape(shape3), x.reshape(shape3), dx.reshape(shape3),
+                         before, after, coef, neg_beta, kk, coef2, *_lrn_tasks(n, c, h, w))
+    return dx
+
+
+#: the kernel table the ``numba`` backend merges over the vectorized defaults
+KERNELS = {
+    "im2col": im2col,
+    "col2im": col2im,
+    "max_pool2d": max_pool2d,
+    "max_unpool2d": max_unpool2d,
+    "lrn": lrn,
+    "lrn_backward": lrn_backward,
+}

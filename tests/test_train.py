@@ -1,0 +1,334 @@
+"""Training: the SGD update against a hand computation, the paper's filter
+renormalization, the schedules, the gradients a training step uses (central
+differences), the loop with atomic checkpoints and an exact resume, and evaluation.
+"""
+import json
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from zfraw import functional as F
+from zfraw import nn, train
+from zfraw.gradcheck import check_gradient, check_gradient_directions
+
+
+def rng_for(*key):
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def tiny_net(seed=0, dtype=np.float64, dropout=0.5, classes=3):
+    """conv -> relu -> pool -> conv -> relu -> flatten -> fc -> relu -> dropout -> fc, on 3x8x8."""
+    net = nn.Sequential([
+        ("conv1", nn.Conv2d(3, 4, 3, 1, 1, init_std=0.3, seed=seed, dtype=dtype)), ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(4, 4, 3, 1, 1, groups=2, init_std=0.3, seed=seed + 1, dtype=dtype)), ("relu2", nn.ReLU()),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(4 * 4 * 4, 16, init_std=0.2, seed=seed + 2, dtype=dtype)), ("relu3", nn.ReLU()),
+        ("drop", nn.Dropout(dropout, seed=seed + 3)),
+        ("fc2", nn.Linear(16, classes, init_std=0.2, seed=seed + 4, dtype=dtype)),
+    ], input_shape=(3, 8, 8), name="tiny")
+    for name, p in net.parameters().items():
+        if name.endswith(".b"):
+            p[...] = 0.1
+    return net
+
+
+def toy_data(n=24, seed=0, dtype=np.float64, classes=3):
+    """Separable toy images: class c has a bright blob in one of three places."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    x = 0.3 * rng.standard_normal((n, 3, 8, 8))
+    for i, c in enumerate(labels):
+        x[i, :, 2 * c: 2 * c + 3, 2 * c: 2 * c + 3] += 1.5
+    return x.astype(dtype), labels
+
+
+def batches_for(x, labels, batch=8, seed=0):
+    """A function epoch -> seeded shuffled batches (what fit expects)."""
+    def make(epoch):
+        order = np.random.default_rng([seed, epoch]).permutation(len(labels))
+        return [(x[order[i:i + batch]], labels[order[i:i + batch]]) for i in range(0, len(labels), batch)]
+    return make
+
+
+# ============================================================== the update
+
+def test_sgd_update_against_a_hand_computation():
+    rng = rng_for("sgd")
+    net = tiny_net(1)
+    lr, mom, wd = 0.05, 0.9, 1e-2
+    opt = train.SGD(net, lr=lr, momentum=mom, weight_decay=wd, renorm_radius=None)
+    w = {k: v.copy() for k, v in net.parameters().items()}
+    v = {k: np.zeros_like(p) for k, p in w.items()}
+    for step in range(3):
+        for lname, layer in net:
+            for pname, p in layer.params.items():
+                layer.grads[pname] = rng.standard_normal(p.shape)
+        grads = {k: g.copy() for k, g in net.gradients().items()}
+        opt.step()
+        for k in w:
+            g = grads[k] + (wd * w[k] if k.endswith(".w") else 0.0)  # no decay on biases
+            v[k] = mom * v[k] - lr * g
+            w[k] = w[k] + v[k]
+            np.testing.assert_allclose(net.parameters()[k], w[k], rtol=1e-13, atol=1e-15, err_msg=f"{k} step {step}")
+            np.testing.assert_allclose(opt.velocity[k], v[k], rtol=1e-13, atol=1e-15)
+    # biases do not decay: with zero gradients a bias moves only by its momentum
+    b_before = net["fc2"].params["b"].copy()
+    vel = opt.velocity["fc2.b"].copy()
+    for _, layer in net:
+        for pname, p in layer.params.items():
+            layer.grads[pname] = np.zeros_like(p)
+    opt.step()
+    np.testing.assert_allclose(net["fc2"].params["b"], b_before + mom * vel, rtol=1e-14)
+
+
+def test_sgd_argument_errors_and_missing_gradients():
+    net = tiny_net(0)
+    with pytest.raises(ValueError, match="lr"):
+        train.SGD(net, lr=0)
+    with pytest.raises(ValueError, match="momentum"):
+        train.SGD(net, momentum=1.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        train.SGD(net, weight_decay=-1)
+    with pytest.raises(RuntimeError, match="backward"):
+        train.SGD(net).step()
+
+
+# ============================================================== renormalization
+
+def test_filter_rms():
+    rng = rng_for("rms")
+    w = rng.standard_normal((5, 3, 4, 4))
+    want = [np.sqrt(np.mean(w[f] ** 2)) for f in range(5)]
+    np.testing.assert_allclose(train.filter_rms(w), want, rtol=1e-14)
+
+
+def test_renormalize_scales_large_filters_only():
+    rng = rng_for("renorm")
+    net = tiny_net(2)
+    w = rng.standard_normal((4, 3, 3, 3)) * np.array([0.05, 0.3, 0.09, 1.0]).reshape(-1, 1, 1, 1)
+    net["conv1"].params["w"] = w.copy()
+    fc_before = net["fc1"].params["w"] * 50  # large fc weights are not touched
+    net["fc1"].params["w"] = fc_before.copy()
+    big = train.filter_rms(w) > 0.1
+    assert list(big) == [False, True, False, True]
+    n_conv2 = int(np.sum(train.filter_rms(net["conv2"].params["w"]) > 0.1))
+    assert train.renormalize_filters(net, 0.1) == 2 + n_conv2
+    after = net["conv1"].params["w"]
+    np.testing.assert_array_equal(after[~big], w[~big])  # bit for bit
+    np.testing.assert_allclose(train.filter_rms(after[big]), 0.1, rtol=1e-12)
+    np.testing.assert_allclose(after[big] / w[big], np.broadcast_to(
+        (0.1 / train.filter_rms(w[big])).reshape(-1, 1, 1, 1), w[big].shape), rtol=1e-12)  # direction kept
+    np.testing.assert_array_equal(net["fc1"].params["w"], fc_before)
+    assert train.renormalize_filters(net, None) == 0
+    with pytest.raises(ValueError, match="radius"):
+        train.renormalize_filters(net, 0)
+
+
+def test_renormalization_holds_after_every_step():
+    x, labels = toy_data(16, seed=3)
+    net = tiny_net(3)
+    opt = train.SGD(net, lr=0.5, momentum=0.9, weight_decay=0, renorm_radius=0.1)
+    small_seen = False
+    for step in range(6):
+        before = {k: v.copy() for k, v in net.parameters().items()}
+        net.train()
+        loss, dz = F.cross_entropy(net.forward(x, keep=False), labels)
+        net.backward(dz)
+        expected = {}  # what the plain SGD step gives, before renormalization
+        for k, p in before.items():
+            expected[k] = p + (opt.momentum * opt.velocity[k] - opt.lr * net.gradients()[k])
+        opt.step()
+        for name in ("conv1", "conv2"):
+            w = net[name].params["w"]
+            rms = train.filter_rms(w)
+            assert np.all(rms <= 0.1 * (1 + 1e-12)), f"step {step} {name}: rms {rms.max()}"
+            plain = expected[f"{name}.w"]
+            small = train.filter_rms(plain) <= 0.1
+            small_seen |= bool(small.any())
+            np.testing.assert_allclose(w[small], plain[small], rtol=1e-13, atol=1e-16)
+            np.testing.assert_allclose(rms[~small], 0.1, rtol=1e-12)
+    assert small_seen
+
+
+# ============================================================== schedules
+
+def test_step_schedule():
+    s = train.StepSchedule(step=3, gamma=0.5)
+    assert [s(0.1, e, None) for e in range(8)] == pytest.approx(
+        [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025], rel=1e-15)
+
+
+def test_plateau_schedule():
+    s = train.PlateauSchedule(factor=10, patience=2)
+    h = train.History(val_loss=[1.0, 0.8, 0.8, 0.81, 0.7, 0.7, 0.7, 0.7, 0.7])
+    lrs = [s(1.0, e, h) for e in range(10)]
+    # epochs 0-3 see no plateau; the losses of epochs 2 and 3 (no improvement on 0.8)
+    # divide the rate from epoch 4 on; 0.7 improves; epochs 5, 6 and 7, 8 are two more plateaus
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001])
+    # epochs without validation (NaN, as fit records them) are no evidence of a plateau
+    h = train.History(val_loss=[float("nan")] * 6 + [1.0, 1.0, 1.0])
+    assert [s(1.0, e, h) for e in range(10)] == pytest.approx([1.0] * 9 + [0.1])
+
+
+def test_schedule_argument_errors():
+    with pytest.raises(ValueError, match="step"):
+        train.StepSchedule(step=0)
+    with pytest.raises(ValueError, match="gamma"):
+        train.StepSchedule(gamma=0)
+    with pytest.raises(ValueError, match="factor"):
+        train.PlateauSchedule(factor=0)
+    with pytest.raises(ValueError, match="patience"):
+        train.PlateauSchedule(patience=0)
+
+
+# ============================================================== gradients of a training step
+
+def test_training_step_gradients_numerically():
+    rng = rng_for("step grad")
+    net = tiny_net(4, dropout=0.3).train()
+    x, labels = toy_data(6, seed=4)
+    drop = net["drop"]
+
+    def loss():
+        drop.rng = np.random.default_rng(9)  # one dropout mask for every evaluation
+        return F.cross_entropy(net.forward(x, keep=False), labels)
+
+    value, dz = loss()
+    net.backward(dz)
+    grads = {k: g.copy() for k, g in net.gradients().items()}
+    assert np.any(drop._cache_mask == 0)
+    for name, p in net.parameters().items():
+        def f(a, name=name, p=p):
+            net.set_parameter(name, a)
+            try:
+                return loss()[0]
+            finally:
+                net.set_parameter(name, p)
+
+        if p.size <= 200:
+            err = check_gradient(f, p.copy(), grads[name])
+        else:  # fc1.w (1024): along random directions
+            err = check_gradient_directions(f, p.copy(), grads[name], rng, 8)
+        assert err < 1e-7, f"{name}: relative error {err:.3g}"
+
+
+def test_train_step_reduces_the_loss():
+    x, labels = toy_data(24, seed=5)
+    net = tiny_net(5)
+    opt = train.SGD(net, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    first, _ = train.evaluate(net, [(x, labels)])
+    for _ in range(25):
+        loss, acc = train.train_step(net, x, labels, opt)
+        assert np.isfinite(loss) and 0 <= acc <= 1
+        assert net.training
+    last, acc = train.evaluate(net, [(x, labels)])
+    assert last < 0.5 * first, (first, last)
+    assert acc > 0.9
+
+
+# ============================================================== evaluate
+
+def test_evaluate_against_a_direct_computation():
+    x, labels = toy_data(20, seed=6)
+    net = tiny_net(6).train()
+    chunks = [(x[i:i + 7], labels[i:i + 7]) for i in range(0, 20, 7)]  # 7, 7, 6
+    loss, acc = train.evaluate(net, chunks)
+    assert not net.training
+    scores = net.eval().forward(x)
+    want_loss, _ = F.cross_entropy(scores, labels)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    assert acc == pytest.approx(np.mean(scores.argmax(axis=1) == labels))
+    with pytest.raises(ValueError, match="no batches"):
+        train.evaluate(net, [])
+
+
+# ============================================================== the loop
+
+def run_fit(tmp_path, epochs, resume=False, name="ck.npz", seed=7, **kw):
+    x, labels = toy_data(24, seed=8)
+    val = toy_data(12, seed=9)
+    net = tiny_net(seed)
+    history = train.fit(net, batches_for(x, labels, 8, seed=1), lambda: [val], epochs=epochs, lr=0.05,
+                        checkpoint=str(tmp_path / name), resume=resume, progress=False, **kw)
+    return net, history
+
+
+def test_fit_trains_writes_checkpoints_and_history(tmp_path):
+    seen = []
+    net, history = run_fit(tmp_path, 3, extra={"classes": ["a", "b", "c"]},
+                           on_epoch=lambda e, n, h: seen.append((e, len(h.epoch), os.path.exists(tmp_path / "ck.npz"))))
+    assert seen == [(1, 1, True), (2, 2, True), (3, 3, True)]
+    assert history.epoch == [1, 2, 3] and history.lr == [0.05] * 3
+    assert len(history.train_loss) == len(history.val_acc) == len(history.seconds) == 3
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert not net.training
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz"]  # no temporary left
+    probe = tiny_net(0)
+    epoch, h, extra = train.load_checkpoint(tmp_path / "ck.npz", probe)
+    assert epoch == 3 and extra == {"classes": ["a", "b", "c"]}
+    assert h.val_loss == history.val_loss and h.train_acc == history.train_acc
+    for k, v in net.parameters().items():
+        np.testing.assert_array_equal(probe.parameters()[k], v)
+    with np.load(tmp_path / "ck.npz") as data:
+        assert {f"velocity/{k}" for k in net.parameters()} <= set(data.files)
+    # a checkpoint is also a model file: nn.load rebuilds the net from it (velocities ignored)
+    rebuilt = nn.load(tmp_path / "ck.npz")
+    assert rebuilt.spec() == net.spec()
+    for k, v in net.parameters().items():
+        np.testing.assert_array_equal(rebuilt.parameters()[k], v)
+        assert rebuilt.parameters()[k].dtype == np.float64
+    # History survives JSON
+    again = train.History.from_json(history.to_json())
+    assert again == history and json.loads(history.to_json())["epoch"] == [1, 2, 3]
+
+
+def test_fit_resume_gives_the_uninterrupted_weights(tmp_path):
+    full, h_full = run_fit(tmp_path, 4, name="full.npz")
+    run_fit(tmp_path, 2, name="part.npz")  # "interrupted" after epoch 2
+    with np.load(tmp_path / "part.npz") as data:
+        assert json.loads(bytes(data["__zfraw__"]).decode())["epoch"] == 2
+    resumed, h_res = run_fit(tmp_path, 4, resume=True, name="part.npz")
+    for k, v in full.parameters().items():
+        np.testing.assert_array_equal(resumed.parameters()[k], v, err_msg=k)
+    assert h_res.epoch == [1, 2, 3, 4]
+    assert h_res.train_loss == h_full.train_loss and h_res.val_loss == h_full.val_loss
+
+
+def test_fit_resume_keeps_the_schedule(tmp_path):
+    sched = train.StepSchedule(step=2, gamma=0.1)
+    run_fit(tmp_path, 3, schedule=sched, name="s.npz")
+    _, h = run_fit(tmp_path, 5, resume=True, schedule=sched, name="s.npz")
+    assert h.lr == pytest.approx([0.05, 0.05, 0.005, 0.005, 0.0005])
+    # resume without a checkpoint file starts from scratch
+    _, h = run_fit(tmp_path, 1, resume=True, name="none.npz")
+    assert h.epoch == [1]
+
+
+def test_fit_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    run_fit(tmp_path, 1, name="ck.npz")
+    good = (tmp_path / "ck.npz").read_bytes()
+
+    def failing_savez(fh, **arrays):
+        fh.write(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        run_fit(tmp_path, 2, resume=True, name="ck.npz")
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz"]
+    assert (tmp_path / "ck.npz").read_bytes() == good
+
+
+def test_fit_errors(tmp_path):
+    net = tiny_net(0)
+    with pytest.raises(TypeError, match="net"):
+        train.fit([net], lambda e: [])
+    with pytest.raises(TypeError, match="train_batches"):
+        train.fit(net, [(np.zeros((1, 3, 8, 8)), np.zeros(1, int))])
+    x, labels = toy_data(8, seed=1)
+    x[0, 0, 3, 3] = np.nan  # a diverged run: the loss is no longer finite
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="lr"):
+        train.fit(net, lambda e: [(x, labels)], epochs=1, lr=1.0, progress=False)

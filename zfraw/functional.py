@@ -1,0 +1,546 @@
+"""Stateless convnet ops: the functional contract of zfraw.
+
+Layouts are NCHW; conv weights are (F, C // groups, kh, kw); dtypes float32
+(default) or float64, anything else is a ``TypeError``.  Convolution is
+cross-correlation, as in Caffe and PyTorch.  Each op checks its arguments,
+then runs the active backend's kernel (see :mod:`zfraw.backend`), so the same
+code runs on NumPy and on CuPy arrays.
+
+Convolution is im2col followed by one GEMM per group (BLAS / cuBLAS).  The
+column buffer of a whole batch can be huge, so it is built for a chunk of
+images at a time under a byte budget (:func:`zfraw.set_workspace_bytes`).
+The deconvolution is the transposed convolution ``C^T``: GEMM with the
+transposed filters, then ``col2im``.  :func:`conv_matrix` builds the explicit
+sparse ``C`` for teaching and testing.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from zfraw import backend as _backend
+
+__all__ = [
+    "im2col", "col2im", "conv2d", "conv2d_backward", "conv_transpose2d", "conv_matrix",
+    "conv_output_size", "pool_output_size",
+    "max_pool2d", "max_unpool2d", "relu", "relu_backward", "RELU_RULES",
+    "local_response_norm", "local_response_norm_backward",
+    "linear", "linear_backward", "dropout", "softmax", "cross_entropy",
+]
+
+RELU_RULES = ("backprop", "deconvnet", "guided")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ============================================================== argument checks
+
+def _array(name, a, ndim=None, float_only=True):
+    """Check that ``a`` is an array of the active backend, of float dtype and ``ndim`` dims."""
+    xp = _backend.get_backend().xp
+    if not isinstance(a, xp.ndarray):
+        kind = type(a).__module__.split(".")[0] + "." + type(a).__name__
+        if hasattr(a, "shape") and hasattr(a, "dtype"):
+            raise TypeError(
+                f"{name} is a {kind} but the active backend {_backend.get_backend().name!r} works on "
+                f"{xp.__name__}.ndarray; move it with zfraw.to_device({name}) or zfraw.to_host({name})"
+            )
+        raise TypeError(f"{name} must be an array ({xp.__name__}.ndarray), got {kind}")
+    if float_only and a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension{'s' if ndim != 1 else ''}, got {a.ndim} (shape {tuple(a.shape)})")
+    return a if a.flags.c_contiguous else xp.ascontiguousarray(a)  # (ascontiguousarray makes 0-d 1-d)
+
+
+def _same_dtype(ref_name, ref, name, a):
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has {ref.dtype}; cast one of them")
+
+
+def _int(name, v, minimum):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def _pair(name, v, minimum):
+    """An int or a pair of ints (h, w), each >= minimum -> (h, w)."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+        return _int(name, v[0], minimum), _int(name, v[1], minimum)
+    v = _int(name, v, minimum)
+    return v, v
+
+
+def _spatial_shape(name, shape):
+    """(H, W) from a shape given as (H, W), (C, H, W) or (N, C, H, W)."""
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a shape tuple, got {shape!r}") from None
+    if len(shape) not in (2, 3, 4) or min(shape) < 1:
+        raise ValueError(f"{name} must be (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got {shape}")
+    return shape[-2:]
+
+
+def conv_output_size(size, k, stride, pad, name="input"):
+    """floor((size + 2 pad - k) / stride) + 1, or a ValueError when the window does not fit."""
+    if size + 2 * pad < k:
+        raise ValueError(
+            f"window of {k} is larger than the padded {name} ({size} + 2*{pad} = {size + 2 * pad})"
+        )
+    return (size + 2 * pad - k) // stride + 1
+
+
+def pool_output_size(size, k, stride, pad, ceil_mode, name="x"):
+    """Pooled size as PyTorch computes it: with ``ceil_mode`` a last partial window
+    is kept when it starts inside the input or its left padding."""
+    if size + 2 * pad < k:
+        raise ValueError(
+            f"pooling window of {k} is larger than the padded {name} ({size} + 2*{pad} = {size + 2 * pad})"
+        )
+    span = size + 2 * pad - k
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _chunks(n, bytes_per_item):
+    """Split range(n) into (start, stop) runs whose workspace fits the byte budget."""
+    step = max(1, _backend.workspace_bytes() // max(1, bytes_per_item))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+# ============================================================== im2col / col2im
+
+def im2col(x, kh, kw, stride=1, pad=0):
+    """Unfold every kh x kw window of x into a column.
+
+    x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo), with
+    ``cols[n, c*kh*kw + i*kw + j, ho*Wo + wo] = xpad[n, c, ho*sh + i, wo*sw + j]``
+    (zero padding), Ho = (H + 2 ph - kh) // sh + 1.  ``stride`` and ``pad``
+    are ints or (h, w) pairs.
+    """
+    x = _array("x", x, 4)
+    kh, kw = _int("kh", kh, 1), _int("kw", kw, 1)
+    (sh, sw), (ph, pw) = _pair("stride", stride, 1), _pair("pad", pad, 0)
+    conv_output_size(x.shape[2], kh, sh, ph, "x height")
+    conv_output_size(x.shape[3], kw, sw, pw, "x width")
+    return _backend.kernel("im2col")(x, kh, kw, sh, sw, ph, pw)
+
+
+def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
+    """Adjoint of :func:`im2col`: fold columns back, adding where windows overlap.
+
+    cols (N, C*kh*kw, Ho*Wo) -> x (N, C, H, W) = ``x_shape``;
+    ``<im2col(x), cols> == <x, col2im(cols)>``.
+    """
+    cols = _array("cols", cols, 3)
+    kh, kw = _int("kh", kh, 1), _int("kw", kw, 1)
+    (sh, sw), (ph, pw) = _pair("stride", stride, 1), _pair("pad", pad, 0)
+    try:
+        n, c, h, w = (int(s) for s in x_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"x_shape must be (N, C, H, W), got {x_shape!r}") from None
+    ho = conv_output_size(h, kh, sh, ph, "x_shape height")
+    wo = conv_output_size(w, kw, sw, pw, "x_shape width")
+    if cols.shape != (n, c * kh * kw, ho * wo):
+        raise ValueError(
+            f"cols must have shape {(n, c * kh * kw, ho * wo)} for x_shape {tuple(x_shape)}, "
+            f"got {tuple(cols.shape)}"
+        )
+    return _backend.kernel("col2im")(cols, (n, c, h, w), kh, kw, sh, sw, ph, pw)
+
+
+# ============================================================== convolution
+
+def _conv_args(x_name, x, w, stride, pad, groups):
+    """Validate a conv call; returns (w, (sh, sw), (ph, pw), groups)."""
+    w = _array("w", w, 4)
+    _same_dtype(x_name, x, "w", w)
+    groups = _int("groups", groups, 1)
+    if w.shape[0] % groups:
+        raise ValueError(f"w has {w.shape[0]} filters, which groups={groups} does not divide")
+    return w, _pair("stride", stride, 1), _pair("pad", pad, 0), groups
+
+
+def conv2d(x, w, b=None, stride=1, pad=0, groups=1):
+    """2-D cross-correlation, as a GEMM over im2col columns.
+
+    x (N, C, H, W), w (F, C // groups, kh, kw), b (F,) or None
+    -> y (N, F, Ho, Wo) with
+    ``y[n, f, ho, wo] = b[f] + sum_{c, i, j} w[f, c, i, j] xpad[n, g*Cg + c, ho*sh + i, wo*sw + j]``
+    where g = f // (F / groups).
+    """
+    x = _array("x", x, 4)
+    w, (sh, sw), (ph, pw), groups = _conv_args("x", x, w, stride, pad, groups)
+    xp = _backend.get_backend().xp
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    if c != cg * groups:
+        raise ValueError(
+            f"x has {c} channels but w expects {cg} per group x {groups} groups = {cg * groups}"
+        )
+    ho = conv_output_size(h, kh, sh, ph, "x height")
+    wo = conv_output_size(wd, kw, sw, pw, "x width")
+    if b is not None:
+        b = _array("b", b, 1)
+        _same_dtype("x", x, "b", b)
+        if b.shape[0] != f:
+            raise ValueError(f"b must have shape ({f},) to match w, got {tuple(b.shape)}")
+
+    p, kg = ho * wo, cg * kh * kw
+    w_groups = w.reshape(groups, f // groups, kg)
+    y = xp.empty((n, f, p), dtype=x.dtype)
+    unfold = _backend.kernel("im2col")
+    for n0, n1 in _chunks(n, c * kh * kw * p * x.itemsize):
+        cols = unfold(x[n0:n1], kh, kw, sh, sw, ph, pw).reshape(n1 - n0, groups, kg, p)
+        xp.matmul(w_groups, cols, out=y[n0:n1].reshape(n1 - n0, groups, f // groups, p))
+    if b is not None:
+        y += b[:, None]
+    return y.reshape(n, f, ho, wo)
+
+
+def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
+    """The transposed convolution C^T y (the deconvnet's "deconvolution").
+
+    y (N, F, Ho, Wo), w (F, C // groups, kh, kw) -> x (N, C, H, W): the exact
+    adjoint of :func:`conv2d` in x, ``<conv2d(x, w), y> == <x, conv_transpose2d(y, w)>``,
+    computed as GEMM with the transposed filters, then :func:`col2im`.
+    ``output_shape`` ((H, W) or (N, C, H, W)) picks among the input sizes that a
+    strided conv maps to (Ho, Wo); by default the smallest,
+    H = (Ho - 1) sh - 2 ph + kh.
+    """
+    y = _array("y", y, 4)
+    w, (sh, sw), (ph, pw), groups = _conv_args("y", y, w, stride, pad, groups)
+    xp = _backend.get_backend().xp
+    n, f, ho, wo = y.shape
+    f_w, cg, kh, kw = w.shape
+    if f != f_w:
+        raise ValueError(f"y has {f} channels but w has {f_w} filters")
+    h_min, w_min = (ho - 1) * sh - 2 * ph + kh, (wo - 1) * sw - 2 * pw + kw
+    if output_shape is None:
+        h, wd = h_min, w_min
+    else:
+        h, wd = _spatial_shape("output_shape", output_shape)
+        if not (h_min <= h < h_min + sh and w_min <= wd < w_min + sw):
+            raise ValueError(
+                f"output_shape {tuple(output_shape)} does not convolve to y's {ho}x{wo}: height must be in "
+                f"[{h_min}, {h_min + sh - 1}] and width in [{w_min}, {w_min + sw - 1}]"
+            )
+    if h < 1 or wd < 1:
+        raise ValueError(f"y of {ho}x{wo} with this kernel, stride and pad gives an empty output")
+    c = cg * groups
+    if output_shape is not None and tuple(int(s) for s in output_shape)[:-2] not in ((), (c,), (n, c)):
+        raise ValueError(f"output_shape {tuple(output_shape)} does not match the output's (N, C) = {(n, c)}")
+    p, kg = ho * wo, cg * kh * kw
+    w_groups_t = w.reshape(groups, f // groups, kg).transpose(0, 2, 1)
+    y_groups = y.reshape(n, groups, f // groups, p)
+    x = xp.empty((n, c, h, wd), dtype=y.dtype)
+    fold = _backend.kernel("col2im")
+    for n0, n1 in _chunks(n, c * kh * kw * p * y.itemsize):
+        cols = xp.matmul(w_groups_t, y_groups[n0:n1]).reshape(n1 - n0, c * kh * kw, p)
+        x[n0:n1] = fold(cols, (n1 - n0, c, h, wd), kh, kw, sh, sw, ph, pw)
+    return x
+
+
+def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1):
+    """Gradients of :func:`conv2d`: dy (N, F, Ho, Wo) -> (dx, dw, db).
+
+    dx = C^T dy (:func:`conv_transpose2d`), dw[f] = sum_n dy[n, f] . cols[n]^T,
+    db[f] = sum of dy[:, f].
+    """
+    dy = _array("dy", dy, 4)
+    x = _array("x", x, 4)
+    _same_dtype("x", x, "dy", dy)
+    w, (sh, sw), (ph, pw), groups = _conv_args("x", x, w, stride, pad, groups)
+    xp = _backend.get_backend().xp
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    if c != cg * groups:
+        raise ValueError(f"x has {c} channels but w expects {cg} per group x {groups} groups")
+    ho = conv_output_size(h, kh, sh, ph, "x height")
+    wo = conv_output_size(wd, kw, sw, pw, "x width")
+    if dy.shape != (n, f, ho, wo):
+        raise ValueError(f"dy must have shape {(n, f, ho, wo)} (the conv output), got {tuple(dy.shape)}")
+
+    dx = conv_transpose2d(dy, w, (sh, sw), (ph, pw), groups, output_shape=(h, wd))
+    p, kg = ho * wo, cg * kh * kw
+    dy_groups = dy.reshape(n, groups, f // groups, p)
+    dw = xp.zeros((groups, f // groups, kg), dtype=x.dtype)
+    unfold = _backend.kernel("im2col")
+    for n0, n1 in _chunks(n, c * kh * kw * p * x.itemsize):
+        cols = unfold(x[n0:n1], kh, kw, sh, sw, ph, pw).reshape(n1 - n0, groups, kg, p)
+        dw += xp.matmul(dy_groups[n0:n1], cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    db = dy.sum(axis=(0, 2, 3))
+    return dx, dw.reshape(w.shape), db
+
+
+def conv_matrix(w, input_shape, stride=1, pad=0, groups=1):
+    """The convolution of one image as an explicit ``scipy.sparse`` matrix C.
+
+    w (F, C // groups, kh, kw), input_shape (C, H, W) (or (1, C, H, W))
+    -> C, a CSR matrix of shape (F*Ho*Wo, C*H*W) with
+    ``C @ x.ravel() == conv2d(x[None], w).ravel()`` and so
+    ``C.T @ y.ravel() == conv_transpose2d(y[None], w).ravel()``.
+    Built from index arithmetic alone (not from im2col), for teaching and testing:
+    with a 4x4 input and a 3x3 filter C is 4 x 16.
+    """
+    import scipy.sparse
+
+    w = _backend.to_host(w)
+    if not isinstance(w, np.ndarray) or w.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"w must be a float32/float64 array, got {getattr(w, 'dtype', type(w))}")
+    if w.ndim != 4:
+        raise ValueError(f"w must have 4 dimensions (F, C, kh, kw), got {w.ndim}")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W) for one image, got {tuple(input_shape)}")
+    c, h, wd = shape
+    groups = _int("groups", groups, 1)
+    f, cg, kh, kw = w.shape
+    if c != cg * groups or f % groups:
+        raise ValueError(f"input_shape has {c} channels but w expects {cg} x {groups} groups")
+    (sh, sw), (ph, pw) = _pair("stride", stride, 1), _pair("pad", pad, 0)
+    ho = conv_output_size(h, kh, sh, ph, "input height")
+    wo = conv_output_size(wd, kw, sw, pw, "input width")
+
+    fi, oi, oj, ci, ki, kj = np.meshgrid(
+        np.arange(f), np.arange(ho), np.arange(wo), np.arange(cg), np.arange(kh), np.arange(kw),
+        indexing="ij",
+    )
+    hi, wi = oi * sh - ph + ki, oj * sw - pw + kj
+    inside = (hi >= 0) & (hi < h) & (wi >= 0) & (wi < wd)
+    channel = (fi // (f // groups)) * cg + ci
+    rows = (fi * ho + oi) * wo + oj
+    cols = (channel * h + hi) * wd + wi
+    values = w[fi, ci, ki, kj]
+    return scipy.sparse.csr_matrix(
+        (values[inside], (rows[inside], cols[inside])), shape=(f * ho * wo, c * h * wd)
+    )
+
+
+# ============================================================== pooling
+
+def max_pool2d(x, size, stride=None, pad=0, ceil_mode=False):
+    """Max-pooling that records its switches.
+
+    x (N, C, H, W) -> (y, switches), both (N, C, Ho, Wo); ``switches`` is int64,
+    the flat index h*W + w of each maximum in the unpadded input plane
+    (PyTorch's ``return_indices`` layout).  Padding counts as -inf; ties go to
+    the first maximum in row-major window order; a NaN wins and propagates.
+    ``stride`` defaults to ``size``; ``ceil_mode`` keeps a last partial window
+    (ZFNet: 110 -> 55 and 26 -> 13 with size 3, stride 2).  ``pad`` must be at
+    most half the window, so that every window holds an input pixel.
+    """
+    x = _array("x", x, 4)
+    kh, kw = _pair("size", size, 1)
+    sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
+    ph, pw = _pair("pad", pad, 0)
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"pad must be at most half the window size {(kh, kw)}, got {(ph, pw)}")
+    n, c, h, w = x.shape
+    ho = pool_output_size(h, kh, sh, ph, bool(ceil_mode), "x height")
+    wo = pool_output_size(w, kw, sw, pw, bool(ceil_mode), "x width")
+    return _backend.kernel("max_pool2d")(x, kh, kw, sh, sw, ph, pw, ho, wo)
+
+
+def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
+    """Unpooling through the switches: the exact transpose of the pooling selection.
+
+    y (N, C, Ho, Wo), int switches of the same shape (from :func:`max_pool2d`),
+    input_shape (H, W) or (N, C, H, W) -> x (N, C, H, W), zero except
+    ``x[n, c].flat[switches[n, c, i, j]] += y[n, c, i, j]``.  Values whose switches
+    collide (overlapping windows) are *summed*, so ``max_unpool2d(dy, ...)`` is the
+    pooling gradient and ``<pool_select(x), y> == <x, max_unpool2d(y)>``.
+    (PyTorch's ``max_unpool2d`` overwrites on collision instead.)
+
+    ``size``/``stride``/``pad`` (keyword only) may name the pooling geometry that
+    made the switches; a backend can then gather deterministically (CUDA).
+    """
+    y = _array("y", y, 4)
+    switches = _array("switches", switches, 4, float_only=False)
+    if switches.dtype.kind not in "iu":
+        raise TypeError(f"switches must be an integer array, got dtype {switches.dtype}")
+    if switches.shape != y.shape:
+        raise ValueError(f"switches must have y's shape {tuple(y.shape)}, got {tuple(switches.shape)}")
+    h, w = _spatial_shape("input_shape", input_shape)
+    lead = tuple(int(s) for s in input_shape)[:-2]
+    if lead not in ((), tuple(y.shape[1:2]), tuple(y.shape[:2])):
+        raise ValueError(f"input_shape {tuple(input_shape)} does not match y's (N, C) {tuple(y.shape[:2])}")
+    if switches.size:
+        lo, hi = int(switches.min()), int(switches.max())
+        if lo < 0 or hi >= h * w:
+            raise ValueError(
+                f"switches must lie in [0, H*W) = [0, {h * w}) for input_shape {(h, w)}, got values in [{lo}, {hi}]"
+            )
+    window = None
+    if size is not None:
+        kh, kw = _pair("size", size, 1)
+        sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
+        ph, pw = _pair("pad", pad, 0)
+        window = (kh, kw, sh, sw, ph, pw)
+    return _backend.kernel("max_unpool2d")(y, switches.astype(np.int64, copy=False), h, w, window)
+
+
+# ============================================================== rectifier
+
+def relu(x):
+    """max(x, 0), elementwise."""
+    x = _array("x", x)
+    return _backend.get_backend().xp.maximum(x, 0)
+
+
+def relu_backward(s, x, rule="backprop"):
+    """The signal s going down through a ReLU whose forward input was x.
+
+    ``backprop``: s * (x > 0) (the gradient); ``deconvnet``: relu(s) (Zeiler &
+    Fergus: the rectifier acts on the signal alone); ``guided``: relu(s) * (x > 0)
+    (Springenberg et al.).  For ``deconvnet`` x is not used and may be None.
+    """
+    s = _array("s", s)
+    if rule not in RELU_RULES:
+        raise ValueError(f"rule must be one of {RELU_RULES}, got {rule!r}")
+    xp = _backend.get_backend().xp
+    if rule == "deconvnet":
+        return xp.maximum(s, 0)
+    x = _array("x", x)
+    _same_dtype("s", s, "x", x)
+    if x.shape != s.shape:
+        raise ValueError(f"x must have s's shape {tuple(s.shape)}, got {tuple(x.shape)}")
+    if rule == "backprop":
+        return xp.where(x > 0, s, 0).astype(s.dtype, copy=False)
+    return xp.where((x > 0) & (s > 0), s, 0).astype(s.dtype, copy=False)
+
+
+# ============================================================== local response norm
+
+def _lrn_args(size, alpha, beta, k):
+    size = _int("size", size, 1)
+    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            raise TypeError(f"{name} must be a real number, got {v!r}")
+    if k <= 0:
+        raise ValueError(f"k must be > 0 (it keeps the denominator positive), got {k}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    return size, float(alpha), float(beta), float(k)
+
+
+def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """Local response normalization across channels (Caffe / ONNX / PyTorch).
+
+    x (N, C, H, W) -> b with ``b_c = a_c / (k + alpha/size * sum_j a_j^2)^beta``, the
+    sum over the ``size`` channels centred on c (zero beyond the edges; for an even
+    size, PyTorch's window [c - size//2, c + (size-1)//2]).
+    """
+    x = _array("x", x, 4)
+    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    return _backend.kernel("lrn")(x, size, alpha, beta, k)
+
+
+def local_response_norm_backward(dy, x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """Gradient of :func:`local_response_norm` with respect to x: dy, x (N, C, H, W) -> dx."""
+    dy = _array("dy", dy, 4)
+    x = _array("x", x, 4)
+    _same_dtype("x", x, "dy", dy)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have x's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+    size, alpha, beta, k = _lrn_args(size, alpha, beta, k)
+    return _backend.kernel("lrn_backward")(dy, x, size, alpha, beta, k)
+
+
+# ============================================================== fully connected
+
+def linear(x, w, b=None):
+    """y = x w^T + b: x (N, in), w (out, in), b (out,) -> y (N, out)."""
+    x = _array("x", x, 2)
+    w = _array("w", w, 2)
+    _same_dtype("x", x, "w", w)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[1]} (w is (out, in))")
+    y = x @ w.T
+    if b is not None:
+        b = _array("b", b, 1)
+        _same_dtype("x", x, "b", b)
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"b must have shape ({w.shape[0]},), got {tuple(b.shape)}")
+        y += b
+    return y
+
+
+def linear_backward(dy, x, w):
+    """Gradients of :func:`linear`: dy (N, out) -> (dx = dy w, dw = dy^T x, db = sum_n dy)."""
+    dy = _array("dy", dy, 2)
+    x = _array("x", x, 2)
+    w = _array("w", w, 2)
+    _same_dtype("x", x, "dy", dy)
+    _same_dtype("x", x, "w", w)
+    if dy.shape != (x.shape[0], w.shape[0]):
+        raise ValueError(f"dy must have shape {(x.shape[0], w.shape[0])}, got {tuple(dy.shape)}")
+    return dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
+# ============================================================== dropout, softmax, loss
+
+def dropout(x, p, rng):
+    """Inverted dropout: each element is kept with probability 1 - p and scaled by 1 / (1 - p).
+
+    x any shape, p in [0, 1), rng a ``numpy.random.Generator`` (or CuPy's) ->
+    (y, mask) with y = x * mask; the backward is dy * mask.
+    """
+    x = _array("x", x)
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"p must be a real number, got {p!r}")
+    if not 0 <= p < 1:
+        raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
+    if not hasattr(rng, "random"):
+        raise TypeError(f"rng must be a random Generator (numpy.random.default_rng(seed)), got {type(rng).__name__}")
+    xp = _backend.get_backend().xp
+    if p == 0:
+        mask = xp.ones_like(x)
+    else:
+        u = xp.asarray(rng.random(x.shape))
+        mask = (u >= p).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+    return x * mask, mask
+
+
+def softmax(z):
+    """Softmax over the last axis, shifted by the maximum for stability: z (N, K) -> p (N, K)."""
+    z = _array("z", z)
+    xp = _backend.get_backend().xp
+    e = xp.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def cross_entropy(z, labels):
+    """Mean cross-entropy of softmax(z) against integer labels, and its gradient.
+
+    z (N, K) scores, labels (N,) ints in [0, K) -> (loss, dz) with
+    loss = -mean_n log softmax(z)[n, labels[n]] and dz = (softmax(z) - onehot) / N.
+    """
+    z = _array("z", z, 2)
+    xp = _backend.get_backend().xp
+    labels = xp.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    n, k = z.shape
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise ValueError(f"labels must lie in [0, {k}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    rows = xp.arange(n)
+    loss = -log_p[rows, labels].mean()
+    dz = xp.exp(log_p)
+    dz[rows, labels] -= 1
+    dz /= n
+    return float(loss), dz

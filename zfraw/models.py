@@ -1,0 +1,159 @@
+"""The networks: ZFNet exactly as the paper gives it, the original AlexNet, and a small ZFNet.
+
+All initialise as the paper does: weights N(0, 1e-2), biases 0, from a seed, so
+the same seed gives the same network.
+
+=====  ====================  ===========  =======================
+layer  ZFNet (3x224x224)     output       AlexNet (3x227x227)
+=====  ====================  ===========  =======================
+conv1  96 7x7/2 pad 1        96x110x110   96 11x11/4 -> 55
+pool1  3x3/2 ceil            96x55x55     (after norm1) -> 27
+conv2  256 5x5/2             256x26x26    256 5x5 pad 2 groups 2
+pool2  3x3/2 ceil            256x13x13    -> 13
+conv3  384 3x3 pad 1         384x13x13    384 3x3 pad 1
+conv4  384 3x3 pad 1         384x13x13    384 3x3 pad 1 groups 2
+conv5  256 3x3 pad 1         256x13x13    256 3x3 pad 1 groups 2
+pool5  3x3/2                 256x6x6      -> 6
+fc6    4096, dropout 0.5                  4096
+fc7    4096, dropout 0.5                  4096
+fc8    classes                            classes
+=====  ====================  ===========  =======================
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from zfraw.nn import (
+    Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU, Sequential,
+)
+
+__all__ = ["zfnet", "alexnet", "zfnet_mini", "MODELS", "build"]
+
+INIT_STD = 1e-2
+
+
+class _Seeds:
+    """A stream of per-layer seeds drawn from one model seed."""
+
+    def __init__(self, seed):
+        self._seq = np.random.SeedSequence(seed)
+
+    def __call__(self):
+        return int(self._seq.spawn(1)[0].generate_state(1)[0])
+
+
+def _conv(seeds, cin, cout, k, stride=1, pad=0, groups=1, std=INIT_STD):
+    return Conv2d(cin, cout, k, stride, pad, groups, init_std=std, seed=seeds())
+
+
+def _fc(seeds, fin, fout, std=INIT_STD):
+    return Linear(fin, fout, init_std=std, seed=seeds())
+
+
+def _classifier(seeds, fin, hidden, num_classes, dropout, std=INIT_STD):
+    return [
+        ("flatten", Flatten()),
+        ("fc6", _fc(seeds, fin, hidden, std)), ("relu6", ReLU()), ("drop6", Dropout(dropout, seed=seeds())),
+        ("fc7", _fc(seeds, hidden, hidden, std)), ("relu7", ReLU()), ("drop7", Dropout(dropout, seed=seeds())),
+        ("fc8", _fc(seeds, hidden, num_classes, std)),
+    ]
+
+
+def _check_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return int(num_classes)
+
+
+def zfnet(num_classes=1000, seed=0, dropout=0.5):
+    """ZFNet (Zeiler & Fergus 2014, fig. 3) for 3x224x224 inputs.
+
+    Spatial sizes 224 -> 110 -> 55 -> 26 -> 13 -> 13 -> 13 -> 13 -> 6; layer names
+    conv1..conv5, relu*, pool1, pool2, pool5, norm1, norm2, flatten, fc6..fc8, drop6, drop7.
+    """
+    num_classes = _check_classes(num_classes)
+    s = _Seeds(seed)
+    layers = [
+        ("conv1", _conv(s, 3, 96, 7, 2, 1)), ("relu1", ReLU()),
+        ("pool1", MaxPool2d(3, 2, ceil_mode=True)), ("norm1", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
+        ("conv2", _conv(s, 96, 256, 5, 2, 0)), ("relu2", ReLU()),
+        ("pool2", MaxPool2d(3, 2, ceil_mode=True)), ("norm2", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
+        ("conv3", _conv(s, 256, 384, 3, 1, 1)), ("relu3", ReLU()),
+        ("conv4", _conv(s, 384, 384, 3, 1, 1)), ("relu4", ReLU()),
+        ("conv5", _conv(s, 384, 256, 3, 1, 1)), ("relu5", ReLU()),
+        ("pool5", MaxPool2d(3, 2)),
+    ] + _classifier(s, 256 * 6 * 6, 4096, num_classes, dropout)
+    return Sequential(layers, input_shape=(3, 224, 224), name="zfnet")
+
+
+def alexnet(num_classes=1000, seed=0, dropout=0.5):
+    """The original AlexNet (Krizhevsky et al. 2012) with its two-tower ``groups=2`` layers.
+
+    For 3x227x227 inputs, in the layer order of Caffe's bvlc_alexnet (conv, relu,
+    norm, pool): 227 -> 55 -> 27 -> 27 -> 13 -> 13 -> 13 -> 13 -> 6.
+    """
+    num_classes = _check_classes(num_classes)
+    s = _Seeds(seed)
+    layers = [
+        ("conv1", _conv(s, 3, 96, 11, 4, 0)), ("relu1", ReLU()),
+        ("norm1", LocalResponseNorm(5, 1e-4, 0.75, 2.0)), ("pool1", MaxPool2d(3, 2)),
+        ("conv2", _conv(s, 96, 256, 5, 1, 2, groups=2)), ("relu2", ReLU()),
+        ("norm2", LocalResponseNorm(5, 1e-4, 0.75, 2.0)), ("pool2", MaxPool2d(3, 2)),
+        ("conv3", _conv(s, 256, 384, 3, 1, 1)), ("relu3", ReLU()),
+        ("conv4", _conv(s, 384, 384, 3, 1, 1, groups=2)), ("relu4", ReLU()),
+        ("conv5", _conv(s, 384, 256, 3, 1, 1, groups=2)), ("relu5", ReLU()),
+        ("pool5", MaxPool2d(3, 2)),
+    ] + _classifier(s, 256 * 6 * 6, 4096, num_classes, dropout)
+    return Sequential(layers, input_shape=(3, 227, 227), name="alexnet")
+
+
+def zfnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256, input_size=64,
+               dropout=0.5, init_std=INIT_STD):
+    """ZFNet's structure scaled for small images (default 3x64x64), practical to train on a CPU.
+
+    conv1 7x7/2 pad 3 -> relu -> pool 3x3/2 ceil -> norm -> conv2 5x5 pad 2 -> relu ->
+    pool 3x3/2 ceil -> norm -> conv3, conv4, conv5 3x3 pad 1 -> pool 3x3/2 ceil -> fc6,
+    fc7 (``hidden``, dropout) -> fc8.  At 64x64: 32 -> 16 -> 16 -> 8 -> 8 -> 4.
+    ``init_std`` is the paper's 1e-2 by default; ``"he"`` (sqrt(2 / fan_in)) trains
+    this small net far faster on a CPU budget and is what the built-in model uses.
+    """
+    num_classes = _check_classes(num_classes)
+    if len(widths) != 5:
+        raise ValueError(f"widths must give 5 conv widths, got {widths!r}")
+    c1, c2, c3, c4, c5 = (int(w) for w in widths)
+    s = _Seeds(seed)
+    conv_layers = [
+        ("conv1", _conv(s, 3, c1, 7, 2, 3, std=init_std)), ("relu1", ReLU()),
+        ("pool1", MaxPool2d(3, 2, ceil_mode=True)), ("norm1", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
+        ("conv2", _conv(s, c1, c2, 5, 1, 2, std=init_std)), ("relu2", ReLU()),
+        ("pool2", MaxPool2d(3, 2, ceil_mode=True)), ("norm2", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
+        ("conv3", _conv(s, c2, c3, 3, 1, 1, std=init_std)), ("relu3", ReLU()),
+        ("conv4", _conv(s, c3, c4, 3, 1, 1, std=init_std)), ("relu4", ReLU()),
+        ("conv5", _conv(s, c4, c5, 3, 1, 1, std=init_std)), ("relu5", ReLU()),
+        ("pool5", MaxPool2d(3, 2, ceil_mode=True)),
+    ]
+    side = _pooled_side(conv_layers, input_size)
+    layers = conv_layers + _classifier(s, c5 * side * side, hidden, num_classes, dropout, std=init_std)
+    return Sequential(layers, input_shape=(3, input_size, input_size), name="zfnet_mini")
+
+
+def _pooled_side(layers, size):
+    """Spatial side after the windowed layers of ``layers`` for a size x size input."""
+    from zfraw.functional import conv_output_size, pool_output_size
+
+    for lname, layer in layers:
+        if isinstance(layer, Conv2d):
+            size = conv_output_size(size, layer.kernel_size[0], layer.stride[0], layer.pad[0], lname)
+        elif isinstance(layer, MaxPool2d):
+            size = pool_output_size(size, layer.size[0], layer.stride[0], layer.pad[0], layer.ceil_mode, lname)
+    return size
+
+
+MODELS = {"zfnet": zfnet, "alexnet": alexnet, "zfnet_mini": zfnet_mini}
+
+
+def build(name, **kwargs):
+    """A model by name (``zfnet``, ``alexnet``, ``zfnet_mini``)."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    return MODELS[name](**kwargs)

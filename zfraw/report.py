@@ -1,0 +1,316 @@
+"""A self-contained HTML report of what each layer of a network responds to.
+
+:func:`write_report` writes ``out_dir/index.html`` and its pictures under
+``out_dir/img/`` (relative links, inline CSS, no scripts, nothing fetched from
+the network), so the folder can be zipped, mailed or opened from disk:
+
+- what the pictures are (the deconvnet of Zeiler & Fergus 2014) and how to read
+  a top-9 figure;
+- the architecture table (output shapes, parameters, receptive fields);
+- the layer-1 filters;
+- for each chosen layer, top-9 figures (fig. 2 of the paper) for a few features
+  chosen automatically, and projections of a few single images.
+
+The dataset is scanned once, in batches, for all layers together
+(:func:`zfraw.visualize.scan_layers`).  The report is built in a temporary
+folder beside ``out_dir`` and renamed into place at the end, so a reader never
+sees a half-written report; an existing report there is replaced.
+"""
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from zfraw import visualize as V
+from zfraw.backend import get_backend
+from zfraw.nn import Conv2d, Sequential
+
+__all__ = ["write_report", "DEFAULT_LAYERS"]
+
+DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1100px; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
+.meta { color: #666; }
+table.arch { border-collapse: collapse; font-size: 0.9em; }
+table.arch th, table.arch td { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; }
+table.arch td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.arch tr.conv { background: #f3f7ff; }
+figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
+figcaption { font-size: 0.85em; color: #444; max-width: 560px; }
+img { image-rendering: pixelated; image-rendering: crisp-edges; border: 1px solid #eee; }
+.note { background: #fafafa; border-left: 3px solid #aac; padding: 0.5em 1em; }
+"""
+
+
+def _esc(s):
+    return html.escape(str(s), quote=True)
+
+
+def _check_out_dir(out_dir):
+    """The absolute path; refuse to replace a folder that holds something other than a report."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"out_dir: {out_dir!r} exists and is not a folder")
+        entries = os.listdir(out_dir)
+        if entries and "index.html" not in entries:
+            raise ValueError(f"out_dir: {out_dir!r} is a non-empty folder without an index.html; "
+                             f"not replacing it (choose a new folder or an old report)")
+    return out_dir
+
+
+def _replace_dir(tmp, out_dir):
+    """Move the finished report ``tmp`` to ``out_dir``, replacing any old report there."""
+    old = None
+    if os.path.exists(out_dir):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+        os.rmdir(old)
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _labels(dataset, indices):
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return [int(labels[i]) for i in indices]
+    return [int(dataset[i][1]) for i in indices]
+
+
+def _example_indices(dataset, n_images, n_examples):
+    """The first image of each of ``n_examples`` different labels (by dataset order), or evenly spaced."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        seen, picks = set(), []
+        for i in range(n_images):
+            lab = int(labels[i])
+            if lab not in seen:
+                seen.add(lab)
+                picks.append(i)
+            if len(picks) == n_examples:
+                return picks
+    return sorted(set(np.linspace(0, n_images - 1, n_examples).round().astype(int).tolist()))
+
+
+def _save(img, tmp, name):
+    img.save(os.path.join(tmp, "img", name), optimize=False)
+    return f"img/{name}"
+
+
+def _arch_html(rows):
+    head = "".join(f"<th>{_esc(title)}</th>" for _, title in V.TABLE_COLUMNS)
+    body = []
+    for row in rows:
+        cells = []
+        for key, _ in V.TABLE_COLUMNS:
+            cls = ' class="num"' if key == "params" else ""
+            cells.append(f"<td{cls}>{_esc(V._cell(key, row[key]))}</td>")
+        cls = ' class="conv"' if row["type"] == "Conv2d" else ""
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    total = sum(r["params"] for r in rows)
+    body.append(f"<tr><th>total</th><td></td><td></td><td></td><td class=\"num\">{total:,}</td><td></td></tr>")
+    return f'<table class="arch"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+_CHOICE = {
+    "top": "the {n} features with the strongest single activation over the {N} images",
+    "spread": "{n} features spread evenly over the ranking of the features by their strongest activation over "
+              "the {N} images (from the most active to the least active one that fires at all)",
+}
+
+
+def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DEFAULT_LAYERS,
+                 features_per_layer=4, n_images=1000, batch_size=64, progress=True,
+                 title="What the layers respond to: deconvnet projections", how="top", k=9,
+                 n_examples=3, rule="deconvnet", description=None):
+    """Write an HTML report of the deconvnet visualizations of ``net`` over ``dataset``.
+
+    Parameters
+    ----------
+    out_dir : path
+        The report folder (``index.html`` and ``img/``); replaced if it holds
+        an old report, refused if it is a non-empty folder without one.
+    net : zfraw.nn.Sequential
+    dataset : sequence of (image uint8 HWC, label)
+    transform : callable
+        ``image -> float32 (3, h, w)``, the preprocessing the network expects.
+    mean : array_like or None
+        The mean ``transform`` subtracts (to show the images as they were).
+    classes : list of str, optional
+        Class names (default: ``dataset.classes`` if it has them).
+    layers : sequence of str
+        The layers to show (default conv1 .. conv5).
+    features_per_layer : int
+        Features shown per layer, chosen by ``how`` (see
+        :func:`zfraw.visualize.choose_features`: ``"top"`` the most active,
+        ``"spread"`` spread over the range).
+    n_images : int
+        Scan only the first ``n_images`` of the dataset.
+    batch_size, progress, k, rule
+        Batch size of the scan and the projections; tqdm bars; images per
+        feature (9 as in the paper); the ReLU rule of the projections.
+    n_examples : int
+        Single images projected at each layer (their strongest feature).
+    description : str, optional
+        A paragraph (plain text) shown under the title, e.g. how the network was trained.
+
+    Returns
+    -------
+    str
+        The path of ``out_dir/index.html``.
+    """
+    if not isinstance(net, Sequential):
+        raise TypeError(f"net: expected a zfraw.nn.Sequential, got {type(net).__name__}")
+    layers = [net.check_layer(lyr) for lyr in ([layers] if isinstance(layers, str) else layers)]
+    if not callable(transform):
+        raise TypeError(f"transform: expected a callable, got {type(transform).__name__}")
+    features_per_layer = V._positive_int("features_per_layer", features_per_layer)
+    n_images = min(V._positive_int("n_images", n_images), V._dataset_len(dataset))
+    if n_images == 0:
+        raise ValueError("dataset: it is empty")
+    if how not in V.CHOOSE_MODES:
+        raise ValueError(f"how: expected one of {V.CHOOSE_MODES}, got {how!r}")
+    out_dir = _check_out_dir(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    classes = list(classes) if classes is not None else getattr(dataset, "classes", None)
+
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        os.mkdir(os.path.join(tmp, "img"))
+        body, seconds, anchors = _build(tmp, net, dataset, transform, mean, classes, layers, features_per_layer,
+                               n_images, batch_size, progress, how, k, n_examples, rule)
+        page = _page(title, description, net, n_images, body, seconds, rule, anchors)
+        with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as fh:
+            fh.write(page)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return os.path.join(out_dir, "index.html")
+
+
+def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_images, batch_size, progress,
+           how, k, n_examples, rule):
+    """Compute every picture into ``tmp/img``; returns (HTML sections, seconds taken, section anchors)."""
+    t0 = time.perf_counter()
+    parts, anchors = [], ["architecture"]
+    x0 = V._load_x(dataset, 0, transform)
+
+    rows = V.architecture_table(net, x0.shape)
+    parts.append("<h2 id=\"architecture\">The network</h2>")
+    parts.append(f"<p>{_esc(net.name)}: {sum(r['params'] for r in rows):,} parameters, input "
+                 f"{'x'.join(map(str, x0.shape))}. The receptive field is the square of input pixels one unit "
+                 f"of a layer depends on (size / stride in pixels between neighbouring units).</p>")
+    parts.append(_arch_html(rows))
+
+    first = next((lyr for _, lyr in net if isinstance(lyr, Conv2d)), None)
+    if first is not None and first.params["w"].shape[1] == 3:
+        src = _save(V.filters_image(first.params["w"], scale=8), tmp, "filters.png")
+        anchors.append("filters")
+        parts.append("<h2 id=\"filters\">Layer-1 filters</h2>")
+        parts.append(f"<figure><img src=\"{src}\" alt=\"layer-1 filters\"><figcaption>The "
+                     f"{first.out_channels} filters of the first convolution, each contrast-normalized on its "
+                     f"own (grey = 0), enlarged 8 times.</figcaption></figure>")
+
+    scans = V.scan_layers(net, dataset, layers, k, batch_size, transform, progress, limit=n_images)
+    examples = _example_indices(dataset, n_images, n_examples)
+    example_x = [V._load_x(dataset, i, transform) for i in examples]
+    example_labels = _labels(dataset, examples)
+    choice = _CHOICE[how].format(n=n_features, N=n_images)
+    for lyr in layers:
+        topk, width = scans[lyr]
+        records = V._records(topk, width, None, lyr, n_features, how)
+        figures = V.top9(net, dataset, lyr, None, transform, mean, k=k, batch_size=batch_size, rule=rule,
+                         records=records)
+        rf = next(r for r in rows if r["name"] == lyr)
+        anchors.append(lyr)
+        parts.append(f"<h2 id=\"{_esc(lyr)}\">{_esc(lyr)}</h2>")
+        if rf["receptive_field"] == "whole image":
+            sees = "each unit sees the whole image"
+        else:
+            sees = (f"each unit sees a {rf['rf_size']}x{rf['rf_size']}-pixel patch of the input (neighbouring "
+                    f"units {rf['rf_stride']} pixels apart)")
+        maps = "x".join(map(str, rf["output_shape"][1:])) or "1"
+        parts.append(f"<p>{topk.val.shape[0]} feature maps of {maps} units; {sees}. Shown: {_esc(choice)}.</p>")
+        for f, fig in figures.items():
+            src = _save(fig, tmp, f"top9_{lyr}_f{f}.png")
+            recs = records[f]
+            caption = f"Feature {f}: activations " + ", ".join(f"{r.value:.3g}" for r in recs)
+            if classes:
+                names = [classes[lab] if 0 <= lab < len(classes) else str(lab)
+                         for lab in _labels(dataset, [r.index for r in recs])]
+                caption += "; classes " + ", ".join(names)
+            caption += "; images #" + ", ".join(str(r.index) for r in recs) + "."
+            parts.append(f"<figure><img src=\"{src}\" alt=\"top {len(recs)} of {_esc(lyr)} feature {f}\">"
+                         f"<figcaption>{_esc(caption)}</figcaption></figure>")
+        parts.append(f"<h3>Single images at {_esc(lyr)}</h3><p>Each image beside the projection of its "
+                     f"strongest activation at {_esc(lyr)} (the red box: that unit's receptive field).</p>")
+        for i, x, lab in zip(examples, example_x, example_labels):
+            fig = V.project_image(net, x, lyr, rule=rule, mean=mean)
+            src = _save(fig, tmp, f"project_{lyr}_{i}.png")
+            name = classes[lab] if classes and 0 <= lab < len(classes) else str(lab)
+            parts.append(f"<figure><img src=\"{src}\" alt=\"image {i} projected at {_esc(lyr)}\">"
+                         f"<figcaption>Image #{i} ({_esc(name)}).</figcaption></figure>")
+    return "\n".join(parts), time.perf_counter() - t0, anchors
+
+
+def _page(title, description, net, n_images, body, seconds, rule, anchors):
+    rule_text = {
+        "deconvnet": "the deconvnet rule of Zeiler &amp; Fergus (at each ReLU the signal coming down is "
+                     "rectified, whatever the forward input was)",
+        "guided": "guided backpropagation (Springenberg et al. 2014: rectified and masked by the forward input)",
+        "backprop": "the plain gradient (Simonyan et al. 2013: masked by the forward input)",
+    }[rule]
+    desc = f"<p class=\"note\">{_esc(description)}</p>" if description else ""
+    intro = f"""
+<p>These pictures show what the units of a convolutional network respond to, with the
+<em>deconvnet</em> of Zeiler &amp; Fergus, &ldquo;Visualizing and Understanding Convolutional
+Networks&rdquo; (ECCV 2014). To see what drives one activation, an image is passed forward, every
+other activation of that layer is set to zero, and the signal is passed back down to the pixels:
+through the max-pooling <em>switches</em> recorded on the way up (unpooling), through each ReLU with
+{rule_text}, and through the transposed filters of each convolution. The result, a
+<em>projection</em>, has the shape of the image; it is drawn around grey (grey = 0, brighter and
+darker = positive and negative), and shows which pixels, in which pattern, produced the
+activation.</p>
+<p><strong>How to read a top-9 figure</strong> (fig. 2 of the paper): it belongs to one feature map of one
+layer. The {n_images} images were scanned and the 9 where the feature fires most strongly were kept (each
+image once, at its strongest position). <em>Left</em>: the projection of that single activation of each
+image; <em>right</em>: the image patch that activation sees (its receptive field), cropped to the same
+box, in the same grid position. The 9 projections of a feature share one contrast scale. Patches at
+the image border are cut by it, so they may be smaller than the receptive field.</p>
+"""
+    toc = " &middot; ".join(f"<a href=\"#{_esc(a)}\">{_esc(a)}</a>" for a in anchors)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>{_esc(title)}</h1>
+<p class="meta">{_esc(net.name)}, {n_images} images, backend {_esc(get_backend().name)},
+computed in {seconds:.1f} s by zfraw. {toc}</p>
+{desc}
+{intro}
+{body}
+</body>
+</html>
+"""

@@ -1,0 +1,303 @@
+"""Training: minibatch SGD with momentum, weight decay, a learning-rate schedule,
+dropout, and the paper's filter renormalization.
+
+Zeiler & Fergus train with SGD (minibatch 128, learning rate 1e-2, momentum
+0.9), dropout 0.5 in the fully connected layers, weights N(0, 1e-2) and biases
+0, and after every update they renormalize each convolution filter whose RMS
+exceeds 0.1 back to RMS 0.1 (this keeps the first layer's filters from being
+dominated by a few).  :func:`fit` runs that loop with a tqdm progress bar,
+per-epoch validation, atomic checkpoints and resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from zfraw import functional as F
+from zfraw.backend import get_backend, to_host
+from zfraw.nn import Conv2d, Dropout, Sequential, atomic_savez
+
+__all__ = [
+    "SGD", "StepSchedule", "PlateauSchedule", "renormalize_filters", "filter_rms",
+    "train_step", "evaluate", "fit", "History", "load_checkpoint",
+]
+
+
+# ============================================================== the paper's renormalization
+
+def filter_rms(w):
+    """RMS of each filter: w (F, C, kh, kw) -> (F,) = sqrt(mean over (C, kh, kw) of w^2)."""
+    return (w.reshape(w.shape[0], -1) ** 2).mean(axis=1) ** 0.5
+
+
+def renormalize_filters(net, radius=0.1):
+    """Scale every conv filter whose RMS exceeds ``radius`` back to RMS ``radius`` (in place).
+
+    Returns the number of filters that were rescaled.
+    """
+    if radius is None:
+        return 0
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    xp = get_backend().xp
+    rescaled = 0
+    for _, layer in net:
+        if not isinstance(layer, Conv2d):
+            continue
+        w = layer.params["w"]
+        rms = filter_rms(w)
+        scale = xp.minimum(1.0, radius / xp.maximum(rms, 1e-30)).astype(w.dtype)
+        rescaled += int((rms > radius).sum())
+        w *= scale.reshape(-1, 1, 1, 1)
+    return rescaled
+
+
+# ============================================================== optimizer and schedules
+
+class SGD:
+    """SGD with momentum and weight decay: v <- momentum v - lr (g + wd w); w <- w + v.
+
+    Weight decay applies to weights (``*.w``), not to biases.  After each step the
+    conv filters are renormalized to RMS <= ``renorm_radius`` (None turns it off).
+    """
+
+    def __init__(self, net, lr=1e-2, momentum=0.9, weight_decay=5e-4, renorm_radius=0.1):
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.net, self.lr, self.momentum = net, float(lr), float(momentum)
+        self.weight_decay, self.renorm_radius = float(weight_decay), renorm_radius
+        xp = get_backend().xp
+        self.velocity = {k: xp.zeros_like(p) for k, p in net.parameters().items()}
+
+    def step(self):
+        """One update from the gradients of the last ``net.backward``."""
+        grads = self.net.gradients()
+        for name, p in self.net.parameters().items():
+            if name not in grads:
+                raise RuntimeError(f"no gradient for {name}: run net.backward(...) before step()")
+            g = grads[name]
+            if self.weight_decay and name.endswith(".w"):
+                g = g + self.weight_decay * p
+            v = self.velocity[name]
+            v *= self.momentum
+            v -= self.lr * g
+            p += v
+        renormalize_filters(self.net, self.renorm_radius)
+
+    def state_dict(self):
+        return {f"velocity/{k}": np.asarray(to_host(v)) for k, v in self.velocity.items()}
+
+    def load_state_dict(self, state):
+        xp = get_backend().xp
+        for k in self.velocity:
+            key = f"velocity/{k}"
+            if key in state:
+                self.velocity[k] = xp.asarray(state[key], dtype=self.velocity[k].dtype)
+
+
+class StepSchedule:
+    """lr = base_lr * gamma ** (epoch // step)."""
+
+    def __init__(self, step=10, gamma=0.1):
+        if not int(step) >= 1:
+            raise ValueError(f"step must be >= 1 epoch, got {step}")
+        if not gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.step, self.gamma = int(step), float(gamma)
+
+    def __call__(self, base_lr, epoch, history):
+        return base_lr * self.gamma ** (epoch // self.step)
+
+
+class PlateauSchedule:
+    """Divide the learning rate by ``factor`` whenever validation loss has not improved for ``patience`` epochs."""
+
+    def __init__(self, factor=10.0, patience=2):
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        if not int(patience) >= 1:
+            raise ValueError(f"patience must be >= 1 epoch, got {patience}")
+        self.factor, self.patience = float(factor), int(patience)
+
+    def __call__(self, base_lr, epoch, history):
+        lr, best, wait = base_lr, math.inf, 0
+        for loss in history.val_loss[:epoch]:
+            if math.isnan(loss):  # no validation that epoch: no evidence of a plateau
+                continue
+            if loss < best - 1e-4:
+                best, wait = loss, 0
+            else:
+                wait += 1
+                if wait >= self.patience:
+                    lr, wait = lr / self.factor, 0
+        return lr
+
+
+# ============================================================== steps
+
+def train_step(net, x, labels, opt):
+    """Forward, cross-entropy, backward and one SGD update; returns (loss, accuracy) of the batch.
+
+    A non-finite loss raises ``FloatingPointError`` before the update, so the weights stay usable.
+    """
+    net.train()
+    scores = net.forward(x, keep=False)
+    loss, dscores = F.cross_entropy(scores, labels)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"the loss became {loss}: lower the learning rate (lr={opt.lr})")
+    net.backward(dscores)
+    opt.step()
+    return loss, float((to_host(scores.argmax(axis=1)) == to_host(labels)).mean())
+
+
+def evaluate(net, batches):
+    """Mean loss and accuracy over an iterable of (x, labels) batches, in evaluation mode."""
+    net.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, labels in batches:
+        x = get_backend().xp.asarray(x)
+        scores = net.forward(x, keep=False)
+        loss, _ = F.cross_entropy(scores, get_backend().xp.asarray(labels))
+        total_loss += loss * len(labels)
+        correct += int((to_host(scores.argmax(axis=1)) == np.asarray(to_host(labels))).sum())
+        count += len(labels)
+    net.clear()
+    if count == 0:
+        raise ValueError("evaluate got no batches")
+    return total_loss / count, correct / count
+
+
+# ============================================================== the loop
+
+@dataclass
+class History:
+    """Per-epoch records of a run."""
+
+    epoch: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    train_acc: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    val_acc: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+
+    def to_json(self):
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text):
+        return cls(**json.loads(text))
+
+
+def _dropout_states(net):
+    """The state of every dropout layer's generator (JSON-able), so a resumed run draws the same masks."""
+    return {lname: layer.rng.bit_generator.state for lname, layer in net if isinstance(layer, Dropout)}
+
+
+def _set_dropout_states(net, states):
+    for lname, state in states.items():
+        if lname in net.layers and isinstance(net.layers[lname], Dropout):
+            bit_generator = getattr(np.random, state["bit_generator"])()
+            bit_generator.state = state
+            net.layers[lname].rng = np.random.Generator(bit_generator)
+
+
+def _save_checkpoint(path, net, opt, history, epoch, extra):
+    arrays = dict(net.state_dict())
+    arrays.update(opt.state_dict())
+    meta = {"spec": net.spec(), "extra": extra, "epoch": epoch, "history": json.loads(history.to_json()),
+            "dropout_rng": _dropout_states(net)}
+    arrays["__zfraw__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    atomic_savez(path, arrays)
+
+
+def load_checkpoint(path, net, opt=None):
+    """Load a checkpoint written by :func:`fit` into net (and opt); returns (epoch, history, extra).
+
+    The dropout generators are restored too, so a resumed run continues exactly.
+    """
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["__zfraw__"]).decode())
+        state = {k: data[k] for k in data.files if not k.startswith("__")}
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("velocity/")})
+    _set_dropout_states(net, meta.get("dropout_rng", {}))
+    if opt is not None:
+        opt.load_state_dict(state)
+    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), meta.get("extra", {})
+
+
+def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, weight_decay=5e-4,
+        renorm_radius=0.1, schedule=None, checkpoint=None, resume=False, progress=True, extra=None,
+        on_epoch=None):
+    """Train ``net`` with SGD and return its :class:`History`.
+
+    train_batches: a function ``epoch -> iterable of (x, labels)`` (so each epoch
+    can shuffle with its own seed: reproducible, and resumable mid-run);
+    val_batches: a function ``() -> iterable`` or None; schedule: a callable
+    ``(base_lr, epoch, history) -> lr`` (:class:`StepSchedule`,
+    :class:`PlateauSchedule`) or None for a constant rate; checkpoint: a ``.npz``
+    path written atomically after every epoch (weights, velocities, history);
+    resume: continue from that checkpoint when it exists; on_epoch: called as
+    ``on_epoch(epoch, net, history)`` after each epoch (e.g. to save snapshots).
+    """
+    if not isinstance(net, Sequential):
+        raise TypeError(f"net must be a zfraw.nn.Sequential, got {type(net).__name__}")
+    if not callable(train_batches):
+        raise TypeError("train_batches must be a function epoch -> iterable of (x, labels) batches")
+    epochs = int(epochs)
+    opt = SGD(net, lr, momentum, weight_decay, renorm_radius)
+    history, start = History(), 0
+    if resume and checkpoint and os.path.exists(checkpoint):
+        start, history, _ = load_checkpoint(checkpoint, net, opt)
+    extra = dict(extra or {})
+    xp = get_backend().xp
+    from tqdm.auto import tqdm
+
+    for epoch in range(start, epochs):
+        opt.lr = schedule(lr, epoch, history) if schedule else lr
+        t0 = time.perf_counter()
+        losses, accs, sizes = [], [], []
+        bar = tqdm(train_batches(epoch), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                   disable=not progress)
+        for x, labels in bar:
+            loss, acc = train_step(net, xp.asarray(x), xp.asarray(labels), opt)
+            losses.append(loss), accs.append(acc), sizes.append(len(labels))
+            bar.set_postfix(loss=f"{np.average(losses[-50:], weights=sizes[-50:]):.3f}",
+                            acc=f"{np.average(accs[-50:], weights=sizes[-50:]):.3f}")
+        net.clear()
+        history.epoch.append(epoch + 1)
+        history.lr.append(opt.lr)
+        history.train_loss.append(float(np.average(losses, weights=sizes)) if losses else float("nan"))
+        history.train_acc.append(float(np.average(accs, weights=sizes)) if accs else float("nan"))
+        if val_batches is not None:
+            vl, va = evaluate(net, val_batches())
+        else:
+            vl, va = float("nan"), float("nan")
+        history.val_loss.append(vl)
+        history.val_acc.append(va)
+        history.seconds.append(time.perf_counter() - t0)
+        _log(f"epoch {epoch + 1}/{epochs}: lr {opt.lr:.2e}  train loss {history.train_loss[-1]:.4f} "
+                   f"acc {history.train_acc[-1]:.3f}  val loss {vl:.4f} acc {va:.3f}  ({history.seconds[-1]:.0f} s)",
+             progress)
+        if checkpoint:
+            _save_checkpoint(checkpoint, net, opt, history, epoch + 1, extra)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, net, history)
+    net.eval()
+    return history
+
+
+def _log(message, progress):
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
