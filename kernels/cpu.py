@@ -52,11 +52,14 @@ and ``pow`` from another math library or, for beta = 0.75, square roots).
 """
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["KERNELS", "FASTMATH", "im2col", "col2im", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward"]
+__all__ = ["KERNELS", "FASTMATH", "im2col", "col2im", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
+           "POOL_LANES", "POOL_LANES_MAX_PIXELS"]
 
 #: LLVM fast-math flags for every kernel: no ``nnan``/``ninf`` (NaN and -inf must behave).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -68,6 +71,52 @@ _helper = njit(cache=True, fastmath=FASTMATH, error_model="numpy")  # serial, ca
 #: allocator of every output (the tests swap in one that fills with NaN / -1, so an
 #: element a kernel fails to write shows up)
 _empty = np.empty
+
+
+def _openmp_loaded():
+    """True when a GNU OpenMP runtime is already mapped into this process (Linux; else False)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            return any("libgomp" in line for line in fh)
+    except OSError:
+        return False
+
+
+def _start_threads_passive():
+    """Start Numba's thread pool with OpenMP's *passive* wait policy, unless the user chose one.
+
+    The ``numba`` backend alternates Numba kernels with BLAS calls (im2col, GEMM,
+    im2col, ...).  With GNU OpenMP's default policy Numba's idle workers spin for
+    milliseconds after each kernel (``pause`` is slow on recent AMD cores), on
+    the very cores the BLAS threads need next: on a 2-core machine that made the
+    tiled ZFNet conv1 forward 7x slower (bench/README.md).  Passive workers sleep
+    at once, and waking them costs microseconds.  The variable is set only while
+    Numba loads its OpenMP runtime (the first ``get_num_threads`` starts the
+    pool), then restored.  Nothing is changed when the user set
+    ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``NUMBA_THREADING_LAYER``.  When
+    an OpenMP runtime is already loaded (PyTorch imported before zfraw), Numba
+    shares it with the policy it was started with, and a warning says so.
+    """
+    if any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")):
+        numba.get_num_threads()
+        return
+    if _openmp_loaded():
+        import warnings
+
+        warnings.warn(
+            "an OpenMP runtime was loaded before zfraw's Numba kernels (was PyTorch imported first?); they "
+            "share it with its busy-waiting default, which can make the numba backend's convolutions many "
+            "times slower. Import zfraw first or set OMP_WAIT_POLICY=PASSIVE in the environment.",
+            stacklevel=2,
+        )
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        numba.get_num_threads()
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+_start_threads_passive()
 
 
 def _contiguous(name, a):
@@ -340,19 +389,100 @@ def _max_pool_kernel(x, y, switches, kh, kw, sh, sw, ph, pw, n_chunks):
                     arg[wo] = corner + wo * sw + t[wo]
 
 
+#: channels pooled together by :func:`_max_pool_lanes_kernel` (one AVX-512 register of float32)
+POOL_LANES = 16
+
+#: planes of at most this many pixels are pooled by :func:`_max_pool_lanes_kernel`
+#: (ZFNet's pool2 26x26 and pool5 13x13); larger ones by :func:`_max_pool_kernel`
+#: (pool1 110x110), whose rows are long enough to vectorize on their own
+POOL_LANES_MAX_PIXELS = 2048
+
+
+@_jit
+def _max_pool_lanes_kernel(x, y, switches, kh, kw, sh, sw, ph, pw, n_chunks, lanes):
+    """The same max-pooling as :func:`_max_pool_kernel`, vectorized across channels.
+
+    For small planes a row of output is too short to vectorize, so a task takes
+    ``lanes`` channels of one image at once.  It first copies them into a
+    transposed, column-phase scratch ``xt[p, h, q*lanes + l] = xpad[c0 + l, h, q*sw + p]``
+    (-inf padding in width; rows outside the input are skipped instead), in
+    which the values one tap (i, j) contributes to a whole output row, for all
+    the lanes, are one contiguous run of Wo*lanes values:
+    ``xt[j % sw, ho*sh - ph + i, (j // sw)*lanes:(j // sw + Wo)*lanes]``.  Each
+    output row then takes its kh*kw taps in row-major order with
+    :func:`_take_max` (same rule, so the same values and switches as the
+    per-plane kernel and as NumPy).  ``lanes`` is an argument, not a constant:
+    LLVM unrolls a loop of constant trip count 16 into scalar code instead of
+    vectorizing it.
+    """
+    n_img, n_ch, h_in, w_in = x.shape
+    ho_n, wo_n = y.shape[2], y.shape[3]
+    wq = wo_n + (kw - 1) // sw
+    n_blocks = (n_ch + lanes - 1) // lanes
+    neg_inf = x.dtype.type(-np.inf)
+    for chunk in prange(n_chunks):
+        xt = np.empty((sw, h_in, wq * lanes), dtype=x.dtype)
+        best = np.empty(wo_n * lanes, dtype=x.dtype)
+        tap = np.empty(wo_n * lanes, dtype=np.int32)
+        t0, t1 = _chunk(chunk, n_chunks, n_img * n_blocks)
+        for task in range(t0, t1):
+            n, c0 = task // n_blocks, (task % n_blocks) * lanes
+            cb = min(lanes, n_ch - c0)            # the last block may be partial
+            for p in range(sw):
+                for q in range(wq):
+                    w = q * sw + p - pw
+                    for h in range(h_in):
+                        dst = xt[p, h, q * lanes:(q + 1) * lanes]
+                        if w < 0 or w >= w_in:
+                            for lane in range(lanes):
+                                dst[lane] = neg_inf
+                        else:
+                            src = x[n, c0:c0 + cb, h, w]
+                            for lane in range(cb):
+                                dst[lane] = src[lane]
+            for ho in range(ho_n):
+                h0 = ho * sh - ph
+                off = (max(h0, 0) - h0) * w_in     # first in-bounds row of the window
+                for wo in range(wo_n):
+                    w0 = wo * sw - pw
+                    first = np.int32(off + max(w0, 0) - w0)
+                    b, t = best[wo * lanes:(wo + 1) * lanes], tap[wo * lanes:(wo + 1) * lanes]
+                    for lane in range(lanes):
+                        b[lane] = neg_inf
+                        t[lane] = first
+                for i in range(kh):
+                    h = h0 + i
+                    if h < 0 or h >= h_in:         # padding rows never win
+                        continue
+                    for j in range(kw):
+                        p, q0 = j % sw, j // sw
+                        _take_max(best, tap, xt[p, h, q0 * lanes:(q0 + wo_n) * lanes], np.int32(i * w_in + j))
+                corner = h0 * w_in - pw
+                for lane in range(cb):
+                    out, arg = y[n, c0 + lane, ho], switches[n, c0 + lane, ho]
+                    for wo in range(wo_n):
+                        out[wo] = best[wo * lanes + lane]
+                        arg[wo] = corner + wo * sw + tap[wo * lanes + lane]
+
+
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo):
     """Max-pooling with switches: x (N, C, H, W) -> (y, switches), both (N, C, Ho, Wo).
 
     ``y[n, c, ho, wo] = max_{i < kh, j < kw} xpad[n, c, ho*sh + i, wo*sw + j]`` with
     -inf padding; ``switches`` (int64) is the flat index h*W + w of the maximum in
     the unpadded plane.  Ties: first in row-major window order; a NaN wins (the
-    last one, as in PyTorch).
+    last one, as in PyTorch).  Planes of up to :data:`POOL_LANES_MAX_PIXELS`
+    pixels are pooled :data:`POOL_LANES` channels at a time.
     """
     x = _contiguous("x", x)
-    n, c = x.shape[:2]
+    n, c, h, w = x.shape
     y = _empty((n, c, Ho, Wo), dtype=x.dtype)
     switches = _empty((n, c, Ho, Wo), dtype=np.int64)
-    _max_pool_kernel(x, y, switches, kh, kw, sh, sw, ph, pw, _n_chunks(n * c))
+    if h * w <= POOL_LANES_MAX_PIXELS and c > 1:
+        tasks = n * -(-c // POOL_LANES)
+        _max_pool_lanes_kernel(x, y, switches, kh, kw, sh, sw, ph, pw, _n_chunks(tasks), POOL_LANES)
+    else:
+        _max_pool_kernel(x, y, switches, kh, kw, sh, sw, ph, pw, _n_chunks(n * c))
     return y, switches
 
 

@@ -24,7 +24,7 @@ import contextvars
 import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -40,6 +40,9 @@ KERNEL_NAMES = ("im2col", "col2im", "max_pool2d", "max_unpool2d", "lrn", "lrn_ba
 
 NAMES = ("numpy", "numba", "cupy", "cuda")
 
+#: im2col bytes per conv tile on the CPU backends (fits a last-level cache)
+CPU_TILE_BYTES = 2 * 2**20
+
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run on this machine (says why and how to fix)."""
@@ -53,6 +56,9 @@ class Backend:
     xp: object
     kernels: Dict[str, Callable] = field(default_factory=dict)
     on_device: bool = False  # True when arrays live on a GPU
+    #: bytes of im2col columns per conv tile, so that a tile is still in the CPU's
+    #: last-level cache when the GEMM reads it (None: only the workspace budget)
+    tile_bytes: Optional[int] = None
 
     def kernel(self, name: str) -> Callable:
         try:
@@ -91,7 +97,7 @@ def _load(name: str) -> Backend:
 
     generic = {k: getattr(vectorized, k) for k in KERNEL_NAMES}
     if name == "numpy":
-        return Backend("numpy", np, dict(generic))
+        return Backend("numpy", np, dict(generic), tile_bytes=CPU_TILE_BYTES)
     if name == "numba":
         try:
             importlib.import_module("numba")
@@ -102,7 +108,7 @@ def _load(name: str) -> Backend:
             ) from None
         from zfraw.kernels import cpu
 
-        return Backend("numba", np, {**generic, **cpu.KERNELS})
+        return Backend("numba", np, {**generic, **cpu.KERNELS}, tile_bytes=CPU_TILE_BYTES)
     if name == "cupy":
         cupy = _cupy_or_raise(name)
         return Backend("cupy", cupy, dict(generic), on_device=True)

@@ -7,11 +7,13 @@ then runs the active backend's kernel (see :mod:`zfraw.backend`), so the same
 code runs on NumPy and on CuPy arrays.
 
 Convolution is im2col followed by one GEMM per group (BLAS / cuBLAS).  The
-column buffer of a whole batch can be huge, so it is built for a chunk of
-images at a time under a byte budget (:func:`zfraw.set_workspace_bytes`).
-The deconvolution is the transposed convolution ``C^T``: GEMM with the
-transposed filters, then ``col2im``.  :func:`conv_matrix` builds the explicit
-sparse ``C`` for teaching and testing.
+column buffer of a whole batch can be huge, so it is built for a *tile* at a
+time -- a few images, and for large planes a band of output rows -- under a
+byte budget (:func:`zfraw.set_workspace_bytes`; on the CPU backends also under
+their ``tile_bytes``, so that the columns are still in cache when the GEMM
+reads them).  The deconvolution is the transposed convolution ``C^T``: GEMM
+with the transposed filters, then ``col2im``, tile by tile.
+:func:`conv_matrix` builds the explicit sparse ``C`` for teaching and testing.
 """
 from __future__ import annotations
 
@@ -110,10 +112,58 @@ def pool_output_size(size, k, stride, pad, ceil_mode, name="x"):
     return out
 
 
-def _chunks(n, bytes_per_item):
-    """Split range(n) into (start, stop) runs whose workspace fits the byte budget."""
-    step = max(1, _backend.workspace_bytes() // max(1, bytes_per_item))
-    return [(i, min(n, i + step)) for i in range(0, n, step)]
+#: A plane with more output positions than this is cut into bands of output rows
+#: of about this many columns each (conv1 of ZFNet: 110 x 110 -> bands of 18 rows).
+#: Wide enough for an efficient GEMM, small enough for the cache.
+BAND_COLUMNS = 2048
+
+
+def _conv_tiles(n, ho, wo, column_bytes):
+    """Split a conv's output into tiles (n0, n1, r0, r1): images n0:n1, output rows r0:r1.
+
+    ``column_bytes`` is the size of one im2col column (C*kh*kw*itemsize); a tile's
+    column buffer, column_bytes * (n1 - n0) * (r1 - r0) * wo, stays under the
+    workspace budget and under the backend's ``tile_bytes`` (the CPU backends keep a
+    tile in the last-level cache between im2col and the GEMM; always at least one
+    row of one image).  Planes of more than :data:`BAND_COLUMNS` positions whose
+    columns exceed the budget are cut into bands of rows; smaller ones are taken
+    whole, as many images at a time as fit.  Tiles come image-chunk by
+    image-chunk, the bands of a chunk in ascending row order.
+    """
+    budget = min(_backend.workspace_bytes(), _backend.get_backend().tile_bytes or _backend.workspace_bytes())
+    row_bytes = column_bytes * wo
+    rows = ho
+    if ho * wo > BAND_COLUMNS and row_bytes * ho > budget:
+        rows = max(1, min(ho, BAND_COLUMNS // wo, budget // row_bytes))
+    images = max(1, budget // (row_bytes * rows))
+    return [(n0, min(n, n0 + images), r0, min(ho, r0 + rows))
+            for n0 in range(0, n, images) for r0 in range(0, ho, rows)]
+
+
+def _input_band(x, n0, n1, r0, r1, kh, sh, ph):
+    """The rows of x[n0:n1] that output rows r0:r1 read, zero-padded in height.
+
+    -> (n1 - n0, C, (r1 - r0 - 1)*sh + kh, W), C-contiguous; im2col of it with
+    height pad 0 gives the columns of those output rows.
+    """
+    xp = _backend.get_backend().xp
+    h = x.shape[2]
+    top = r0 * sh - ph
+    height = (r1 - r0 - 1) * sh + kh
+    if top >= 0 and top + height <= h:
+        return xp.ascontiguousarray(x[n0:n1, :, top:top + height])
+    band = xp.zeros((n1 - n0, x.shape[1], height, x.shape[3]), dtype=x.dtype)
+    lo, hi = max(top, 0), min(top + height, h)
+    band[:, :, lo - top:hi - top] = x[n0:n1, :, lo:hi]
+    return band
+
+
+def _tile_columns(unfold, x, tile, ho, kh, kw, sh, sw, ph, pw):
+    """im2col of one tile: (n1 - n0, C*kh*kw, (r1 - r0)*Wo)."""
+    n0, n1, r0, r1 = tile
+    if r0 == 0 and r1 == ho:  # whole planes: the kernel pads
+        return unfold(x[n0:n1], kh, kw, sh, sw, ph, pw)
+    return unfold(_input_band(x, n0, n1, r0, r1, kh, sh, ph), kh, kw, sh, sw, 0, pw)
 
 
 # ============================================================== im2col / col2im
@@ -198,11 +248,14 @@ def conv2d(x, w, b=None, stride=1, pad=0, groups=1):
     w_groups = w.reshape(groups, f // groups, kg)
     y = xp.empty((n, f, p), dtype=x.dtype)
     unfold = _backend.kernel("im2col")
-    for n0, n1 in _chunks(n, c * kh * kw * p * x.itemsize):
-        cols = unfold(x[n0:n1], kh, kw, sh, sw, ph, pw).reshape(n1 - n0, groups, kg, p)
-        xp.matmul(w_groups, cols, out=y[n0:n1].reshape(n1 - n0, groups, f // groups, p))
-    if b is not None:
-        y += b[:, None]
+    for tile in _conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
+        n0, n1, r0, r1 = tile
+        m, q = n1 - n0, (r1 - r0) * wo
+        cols = _tile_columns(unfold, x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(m, groups, kg, q)
+        out = y[n0:n1, :, r0 * wo:r1 * wo]  # a view: the GEMM writes in place
+        xp.matmul(w_groups, cols, out=out.reshape(m, groups, f // groups, q))
+        if b is not None:
+            out += b[:, None]  # while the tile is in cache
     return y.reshape(n, f, ho, wo)
 
 
@@ -243,9 +296,21 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
     y_groups = y.reshape(n, groups, f // groups, p)
     x = xp.empty((n, c, h, wd), dtype=y.dtype)
     fold = _backend.kernel("col2im")
-    for n0, n1 in _chunks(n, c * kh * kw * p * y.itemsize):
-        cols = xp.matmul(w_groups_t, y_groups[n0:n1]).reshape(n1 - n0, c * kh * kw, p)
-        x[n0:n1] = fold(cols, (n1 - n0, c, h, wd), kh, kw, sh, sw, ph, pw)
+    acc = None
+    for n0, n1, r0, r1 in _conv_tiles(n, ho, wo, c * kh * kw * y.itemsize):
+        m, q = n1 - n0, (r1 - r0) * wo
+        cols = xp.matmul(w_groups_t, y_groups[n0:n1, :, :, r0 * wo:r1 * wo]).reshape(m, c * kh * kw, q)
+        if r0 == 0 and r1 == ho:  # whole planes
+            x[n0:n1] = fold(cols, (m, c, h, wd), kh, kw, sh, sw, ph, pw)
+            continue
+        # a band of output rows reaches input rows [r0*sh, r0*sh + height) of the
+        # height-padded input; bands overlap by kh - sh rows, so they add up
+        if r0 == 0:
+            acc = xp.zeros((m, c, h + 2 * ph, wd), dtype=y.dtype)
+        height = (r1 - r0 - 1) * sh + kh
+        acc[:, :, r0 * sh:r0 * sh + height] += fold(cols, (m, c, height, wd), kh, kw, sh, sw, 0, pw)
+        if r1 == ho:
+            x[n0:n1] = acc[:, :, ph:ph + h]
     return x
 
 
@@ -274,9 +339,11 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1):
     dy_groups = dy.reshape(n, groups, f // groups, p)
     dw = xp.zeros((groups, f // groups, kg), dtype=x.dtype)
     unfold = _backend.kernel("im2col")
-    for n0, n1 in _chunks(n, c * kh * kw * p * x.itemsize):
-        cols = unfold(x[n0:n1], kh, kw, sh, sw, ph, pw).reshape(n1 - n0, groups, kg, p)
-        dw += xp.matmul(dy_groups[n0:n1], cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    for tile in _conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
+        n0, n1, r0, r1 = tile
+        m, q = n1 - n0, (r1 - r0) * wo
+        cols = _tile_columns(unfold, x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(m, groups, kg, q)
+        dw += xp.matmul(dy_groups[n0:n1, :, :, r0 * wo:r1 * wo], cols.transpose(0, 1, 3, 2)).sum(axis=0)
     db = dy.sum(axis=(0, 2, 3))
     return dx, dw.reshape(w.shape), db
 

@@ -108,7 +108,7 @@ def alexnet(num_classes=1000, seed=0, dropout=0.5):
 
 
 def zfnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256, input_size=64,
-               dropout=0.5, init_std=INIT_STD):
+               dropout=0.5, init_std=INIT_STD, first_init_std=None):
     """ZFNet's structure scaled for small images (default 3x64x64), practical to train on a CPU.
 
     conv1 7x7/2 pad 3 -> relu -> pool 3x3/2 ceil -> norm -> conv2 5x5 pad 2 -> relu ->
@@ -116,6 +116,9 @@ def zfnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256, 
     fc7 (``hidden``, dropout) -> fc8.  At 64x64: 32 -> 16 -> 16 -> 8 -> 8 -> 4.
     ``init_std`` is the paper's 1e-2 by default; ``"he"`` (sqrt(2 / fan_in)) trains
     this small net far faster on a CPU budget and is what the built-in model uses.
+    ``first_init_std`` overrides it for conv1 (the built-in model keeps the paper's
+    1e-2 there: a short training run cannot wash a large random start out of the
+    first layer's filters, which would then look like noise).
     """
     num_classes = _check_classes(num_classes)
     if len(widths) != 5:
@@ -123,7 +126,8 @@ def zfnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256, 
     c1, c2, c3, c4, c5 = (int(w) for w in widths)
     s = _Seeds(seed)
     conv_layers = [
-        ("conv1", _conv(s, 3, c1, 7, 2, 3, std=init_std)), ("relu1", ReLU()),
+        ("conv1", _conv(s, 3, c1, 7, 2, 3, std=init_std if first_init_std is None else first_init_std)),
+        ("relu1", ReLU()),
         ("pool1", MaxPool2d(3, 2, ceil_mode=True)), ("norm1", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
         ("conv2", _conv(s, c1, c2, 5, 1, 2, std=init_std)), ("relu2", ReLU()),
         ("pool2", MaxPool2d(3, 2, ceil_mode=True)), ("norm2", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),

@@ -43,6 +43,10 @@ class Layer:
     #: (kernel, stride, pad) as (h, w) pairs for layers that move a window, else None
     geometry = None
 
+    #: keep what backward/project need at each forward; ``Sequential.forward(cache=False)``
+    #: turns it off for inference (less memory; backward/project then raise)
+    caching = True
+
     def __init__(self):
         self.params = OrderedDict()
         self.grads = OrderedDict()
@@ -70,6 +74,11 @@ class Layer:
         """Drop the caches of the last forward (they can be large)."""
         for key in [k for k in vars(self) if k.startswith("_cache")]:
             setattr(self, key, None)
+
+    def _store(self, **caches):
+        """Keep ``_cache_<name> = value`` for backward/project, or None when ``caching`` is off."""
+        for key, value in caches.items():
+            setattr(self, "_cache_" + key, value if self.caching else None)
 
     def _apply(self, fn):
         for k, v in self.params.items():
@@ -130,7 +139,7 @@ class Conv2d(Layer):
                     groups=self.groups, bias="b" in self.params)
 
     def forward(self, x):
-        self._cache_x = x
+        self._store(x=x)
         return F.conv2d(x, self.params["w"], self.params.get("b"), self.stride, self.pad, self.groups)
 
     def backward(self, dy):
@@ -155,7 +164,7 @@ class ReLU(Layer):
         self._cache_x = None
 
     def forward(self, x):
-        self._cache_x = x
+        self._store(x=x)
         return F.relu(x)
 
     def backward(self, dy):
@@ -182,8 +191,8 @@ class MaxPool2d(Layer):
         return dict(size=list(self.size), stride=list(self.stride), pad=list(self.pad), ceil_mode=self.ceil_mode)
 
     def forward(self, x):
-        y, self._cache_switches = F.max_pool2d(x, self.size, self.stride, self.pad, self.ceil_mode)
-        self._cache_shape = x.shape
+        y, switches = F.max_pool2d(x, self.size, self.stride, self.pad, self.ceil_mode)
+        self._store(switches=switches, shape=x.shape)
         return y
 
     @property
@@ -215,7 +224,7 @@ class LocalResponseNorm(Layer):
         return dict(size=self.size, alpha=self.alpha, beta=self.beta, k=self.k)
 
     def forward(self, x):
-        self._cache_x = x
+        self._store(x=x)
         return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
 
     def backward(self, dy):
@@ -246,7 +255,7 @@ class Linear(Layer):
         return dict(in_features=self.in_features, out_features=self.out_features, bias="b" in self.params)
 
     def forward(self, x):
-        self._cache_x = x
+        self._store(x=x)
         return F.linear(x, self.params["w"], self.params.get("b"))
 
     def backward(self, dy):
@@ -300,7 +309,7 @@ class Flatten(Layer):
         self._cache_shape = None
 
     def forward(self, x):
-        self._cache_shape = x.shape
+        self._store(shape=x.shape)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
@@ -376,14 +385,20 @@ class Sequential:
         return any(layer.training for layer in self.layers.values())
 
     # --- the three walks
-    def forward(self, x, upto=None, keep=True):
+    def forward(self, x, upto=None, keep=True, cache=True):
         """Run the layers in order (up to and including ``upto``); returns the last output.
 
         With ``keep`` every layer's output is kept in ``self.activations[name]``.
+        With ``cache=False`` (inference) the layers keep nothing for backward or
+        project (no inputs, no switches): a layer's input is freed as soon as the
+        next layer has its output, and ``backward``/``project`` then raise
+        "needs a forward pass first".  (Dropout's mask, kept only in training, is
+        the exception.)  The flag is set on every layer at each call.
         """
         stop = self.check_layer(upto) if upto is not None else None
         self.activations = OrderedDict()
         for lname, layer in self.layers.items():
+            layer.caching = bool(cache)
             x = layer.forward(x)
             if keep:
                 self.activations[lname] = x

@@ -1,0 +1,280 @@
+"""The bench scripts still run (tiny sizes, one repeat, no timing checked), their
+peak-memory method measures what it claims, and ``Sequential.forward(cache=False)``
+gives the same output while keeping no caches."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zfraw
+from zfraw import nn
+from zfraw.models import zfnet_mini
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _load(name):
+    """Import bench/<name>.py as a module (bench/ is a folder of scripts)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def common():
+    return _load("common")
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ============================================================== the scripts run
+
+def test_layers_main_on_tiny_sizes(tmp_path, common):
+    layers = _load("layers")
+    cpu = [b for b in zfraw.backends() if b not in common.GPU_BACKENDS]
+    result = layers.main(["--model", "zfnet_mini", "--image-size", "24", "--batch", "2", "--repeat", "1", "--gemm-size", "256",
+                          "--backends", *cpu, "--out", str(tmp_path), "--no-memory"], log=_quiet)
+    expected_keys = {"conv1 forward", "conv1 backward", "conv1 C^T", "conv5 C^T", "pool1 pool", "pool1 unpool",
+                     "pool5 unpool", "norm1 forward", "norm2 backward", "fc6 forward", "fc8 forward"}
+    keys = {f"{r['layer']} {r['op']}" for r in result["rows"]}
+    assert expected_keys <= keys
+    impls = cpu + (["torch"] if _torch_available() else [])
+    assert result["impls"] == impls
+    assert len(result["rows"]) == len(keys) * len(impls)  # every case on every impl
+    for r in result["rows"]:
+        assert r["median_ms"] > 0 and r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+        assert (r["gflops"] is not None) == (r["kind"] in ("conv", "fc"))
+    assert result["gemm"]["cpu"]["square"]["gflops"] > 0
+    assert result["machine"]["cpu_count"] >= 1 and "threads" in result["machine"]
+
+    js = list(tmp_path.glob("layers-*-zfnet_mini.json"))
+    md = list(tmp_path.glob("layers-*-zfnet_mini.md"))
+    assert len(js) == 1 and len(md) == 1
+    assert json.loads(js[0].read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    text = md[0].read_text()
+    assert "| conv1 | forward |" in text and "## Batch 2: time" in text
+    assert "No GPU result in bench/results" in text  # no GPU JSON in tmp_path
+    assert not list(tmp_path.glob("*.tmp"))          # written atomically, nothing left over
+
+
+def test_layers_memory_worker_counts_outputs(tmp_path, common):
+    """The per-case peak of a pooling with switches covers at least its outputs."""
+    if not common.memory_supported():
+        pytest.skip("needs Linux /proc/self/clear_refs")
+    layers = _load("layers")
+    result = layers.main(["--model", "zfnet_mini", "--image-size", "64", "--batch", "8", "--repeat", "1", "--gemm-size", "256",
+                          "--backends", "numpy", "--no-torch", "--out", str(tmp_path),
+                          "--cases", "pool1 pool", "conv1 forward"], log=_quiet)
+    peak = result["memory"]["8"]["numpy"]
+    # pool1 of zfnet_mini at 64: (8, 32, 32, 32) -> (8, 32, 16, 16) values (float32) + switches (int64)
+    outputs = 8 * 32 * 16 * 16 * (4 + 8)
+    assert outputs <= peak["pool1 pool"] < 64 * outputs
+    assert peak["conv1 forward"] >= 8 * 32 * 32 * 32 * 4
+    assert "peak memory of one call" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_net_main_on_tiny_sizes(tmp_path, common):
+    net = _load("net")
+    result = net.main(["--model", "zfnet_mini", "--image-size", "32", "--num-classes", "5", "--batch", "2",
+                       "--train-batch", "2", "--memory-batch", "4", "--repeat", "1", "--backends", "numpy",
+                       "--out", str(tmp_path)], log=_quiet)
+    tasks = {(r["task"], r["impl"]) for r in result["rows"]}
+    impls = ["numpy"] + (["torch"] if _torch_available() else [])
+    assert tasks == {(t, i) for t in ("forward", "train_step", "project_conv5") for i in impls}
+    if _torch_available():
+        assert result["agreement"] < 1e-4  # the PyTorch copy computes the same function
+    if common.memory_supported():
+        mem = result["memory"]
+        assert set(mem) >= {"numpy cache=False", "numpy cache=True"}
+        assert all(v > 0 for v in mem.values())
+    text = next(tmp_path.glob("net-*.md")).read_text()
+    assert "| forward | 2 |" in text and "No GPU result" in text
+
+
+def test_gpu_section_reads_gpu_results(tmp_path, common):
+    """A GPU result JSON in the results folder turns into a CPU-versus-GPU table."""
+    layers = _load("layers")
+    rows = [{"batch": 16, "layer": "conv1", "op": "forward", "impl": impl, "median_ms": ms}
+            for impl, ms in (("numba", 40.0), ("cuda", 2.0))]
+    fake = {"kind": "layers", "impls": ["numba", "cuda"], "batches": [16], "rows": rows,
+            "machine": {"gpu": "Some GPU", "cpu_model": "Some CPU"}}
+    (tmp_path / "layers-some-cpu-8c-some-gpu-numba+cuda.json").write_text(json.dumps(fake))
+    text = layers.gpu_section(str(tmp_path))
+    assert "| conv1 | forward | 2.000 | 20.0x |" in text
+
+
+# ============================================================== the memory method
+
+def test_peak_delta_sees_a_temporary(common):
+    if not common.memory_supported():
+        pytest.skip("needs Linux /proc/self/clear_refs")
+    nbytes = 64 * 2**20
+
+    def make_and_drop():
+        a = np.ones(nbytes // 8)  # touched: resident
+        return float(a[::4096].sum())
+
+    peak = common.peak_delta(make_and_drop)
+    assert 0.9 * nbytes <= peak <= 1.5 * nbytes
+
+
+# ============================================================== Sequential.forward(cache=False)
+
+@pytest.mark.parametrize("backend", [b for b in zfraw.backends() if b in ("numpy", "numba")])
+def test_forward_without_cache_same_output_and_no_caches(backend, rng):
+    with zfraw.use_backend(backend):
+        net = zfnet_mini(num_classes=7, input_size=32, seed=3).eval()
+        x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+        y_cached = net.forward(x)
+        assert net["conv1"]._cache_x is not None and net["pool1"].switches is not None
+        y = net.forward(x, keep=False, cache=False)
+        np.testing.assert_array_equal(y, y_cached)
+        for name, layer in net:
+            kept = {k: v for k, v in vars(layer).items() if k.startswith("_cache") and v is not None}
+            assert not kept, f"{name} kept {sorted(kept)} with cache=False"
+        with pytest.raises(RuntimeError, match="needs a forward pass first"):
+            net.backward(np.ones_like(y))
+        with pytest.raises(RuntimeError, match="needs a forward pass first"):
+            net.project(np.ones((3, 64, 4, 4), np.float32), "conv5")
+        # the default turns caching back on
+        np.testing.assert_array_equal(net.forward(x), y_cached)
+        assert all(layer.caching for _, layer in net)
+        assert net.backward(np.ones_like(y)).shape == x.shape
+
+
+def test_cache_flag_is_per_layer(rng):
+    conv = nn.Conv2d(2, 3, 3)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    conv.caching = False
+    conv.forward(x)
+    assert conv._cache_x is None
+    conv.caching = True
+    conv.forward(x)
+    assert conv._cache_x is x
+
+
+# ============================================================== the fast paths the bench targets added
+# (conv tiles with bands of rows, pooling vectorized across channels): same numbers as the plain paths
+
+def _conv_reference(x, w, stride, pad, groups):
+    """float64 cross-correlation by scipy, one (image, filter) at a time."""
+    from scipy.signal import correlate
+
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, pad
+    xpad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    fg = f // groups
+    out = []
+    for i in range(n):
+        maps = []
+        for j in range(f):
+            g = j // fg
+            full = correlate(xpad[i, g * cg:(g + 1) * cg], w[j].astype(np.float64), mode="valid")[0]
+            maps.append(full[::sh, ::sw])
+        out.append(maps)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("backend", [b for b in zfraw.backends() if b in ("numpy", "numba")])
+@pytest.mark.parametrize("geo", [
+    # x shape, w shape, stride, pad, groups, extra output rows/cols for C^T
+    ((3, 2, 23, 19), (4, 2, 5, 3), (2, 1), (1, 2), 1, (1, 0)),
+    ((2, 4, 17, 16), (6, 2, 3, 3), (1, 1), (1, 1), 2, (0, 0)),
+    ((2, 3, 30, 12), (5, 3, 7, 7), (2, 2), (3, 1), 1, (1, 1)),
+    ((4, 1, 12, 9), (2, 1, 2, 4), (3, 2), (0, 2), 1, (2, 1)),
+])
+def test_conv_tiles_with_row_bands_match_the_reference(backend, geo, monkeypatch):
+    """Tiny tile budget and band width: every tile is a band of a row or two, with
+    the top/bottom padding, overlapping C^T bands and grouped filters on the way."""
+    from zfraw import functional as F
+
+    x_shape, w_shape, stride, pad, groups, extra = geo
+    rng = np.random.default_rng(sum(x_shape) * 31 + sum(w_shape))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    with zfraw.use_backend(backend):
+        whole = F.conv2d(x, w, b, stride, pad, groups)
+        ho, wo = whole.shape[2:]
+        dy = rng.standard_normal(whole.shape).astype(np.float32)
+        out_shape = (x_shape[2] + extra[0], x_shape[3] + extra[1])
+        out_shape = (min(out_shape[0], (ho - 1) * stride[0] - 2 * pad[0] + w_shape[2] + stride[0] - 1),
+                     min(out_shape[1], (wo - 1) * stride[1] - 2 * pad[1] + w_shape[3] + stride[1] - 1))
+        ct_whole = F.conv_transpose2d(dy, w, stride, pad, groups, output_shape=out_shape)
+        grads_whole = F.conv2d_backward(dy, x, w, stride, pad, groups)
+
+        monkeypatch.setattr(F, "BAND_COLUMNS", 1)
+        monkeypatch.setattr(zfraw.get_backend(), "tile_bytes", 1)
+        tiles = F._conv_tiles(x_shape[0], ho, wo, x_shape[1] * w_shape[2] * w_shape[3] * 4)
+        assert len(tiles) == x_shape[0] * ho  # one row of one image each
+        banded = F.conv2d(x, w, b, stride, pad, groups)
+        ct_banded = F.conv_transpose2d(dy, w, stride, pad, groups, output_shape=out_shape)
+        grads_banded = F.conv2d_backward(dy, x, w, stride, pad, groups)
+
+    ref = _conv_reference(x, w, stride, pad, groups) + b[:, None, None]
+    for got in (whole, banded):
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+    np.testing.assert_allclose(ct_banded, ct_whole, rtol=1e-5, atol=1e-5)
+    # C^T is the adjoint of the conv: <conv(x'), dy> == <x', C^T dy> on the output shape
+    xq = rng.standard_normal((x_shape[0], x_shape[1]) + out_shape).astype(np.float64)
+    with zfraw.use_backend(backend):
+        lhs = float(np.sum(F.conv2d(xq, w.astype(np.float64), None, stride, pad, groups)[:, :, :ho, :wo] * dy))
+    assert abs(lhs - float(np.sum(xq * ct_banded))) <= 1e-4 * (abs(lhs) + 1)
+    for got, want in zip(grads_banded, grads_whole):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif("numba" not in zfraw.backends(), reason="needs Numba")
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan_inf"])
+@pytest.mark.parametrize("geo", [
+    # (N, C, H, W), size, stride, pad, ceil_mode: many channels, so whole 16-lane blocks and a partial one
+    ((2, 37, 26, 26), 3, 2, 0, True),    # ZFNet pool2
+    ((3, 33, 13, 13), 3, 2, 0, False),   # ZFNet pool5
+    ((1, 17, 11, 14), (3, 2), (2, 3), (1, 1), True),
+    ((2, 20, 9, 7), 2, 1, 1, False),
+    ((1, 16, 40, 50), 4, 3, 2, True),
+])
+def test_pool_lanes_kernel_matches_numpy_bit_for_bit(kind, geo):
+    from zfraw import functional as F
+    from zfraw.kernels import cpu
+
+    shape, size, stride, pad, ceil_mode = geo
+    assert shape[2] * shape[3] <= cpu.POOL_LANES_MAX_PIXELS and shape[1] > 1  # the lanes kernel runs
+    rng = np.random.default_rng(shape[1] * 7 + shape[2])
+    x = rng.standard_normal(shape).astype(np.float32)
+    if kind == "ties":
+        x = rng.integers(-2, 3, size=shape).astype(np.float32)
+    elif kind == "nan_inf":
+        x[rng.random(shape) < 0.08] = np.nan
+        x[rng.random(shape) < 0.15] = -np.inf
+        x[0, 5] = -np.inf  # a whole plane of -inf: every switch is the window's first in-bounds pixel
+    with zfraw.use_backend("numpy"):
+        y_ref, s_ref = F.max_pool2d(x, size, stride, pad, ceil_mode)
+    saved = cpu._empty
+    cpu._empty = lambda shp, dtype: np.full(shp, np.nan if np.dtype(dtype).kind == "f" else -1, dtype=dtype)
+    try:
+        with zfraw.use_backend("numba"):
+            y, s = F.max_pool2d(x, size, stride, pad, ceil_mode)
+    finally:
+        cpu._empty = saved
+    np.testing.assert_array_equal(y, y_ref)  # NaN == NaN here
+    np.testing.assert_array_equal(s, s_ref)

@@ -1,0 +1,76 @@
+"""The built-in model: shipped weights that really classify, a reproducible recipe, and `zfraw demo`."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+from zfraw import builtin, cli, data, nn, synthetic, train
+
+
+def test_shipped_weights_classify_held_out_images():
+    net, meta = builtin.load_model()
+    assert meta["classes"] == list(synthetic.CLASSES)
+    assert meta["mean"].shape == (3,) and np.all((meta["mean"] > 0) & (meta["mean"] < 1))
+    # held-out images the training never saw (the test split), not the val split it reported on
+    test_set = builtin.dataset("test", n_per_class=30)
+    _, acc = train.evaluate(net, data.batches(test_set, 100, builtin.eval_transform(meta["mean"])))
+    assert acc >= 0.9, f"the shipped model classifies only {acc:.1%} of held-out images"
+    assert meta["val_acc"] >= 0.9
+
+
+def test_shipped_weights_have_trained_first_layer_filters():
+    net, _ = builtin.load_model()
+    w = net["conv1"].params["w"]
+    rms = train.filter_rms(w)
+    assert np.all(rms <= builtin.RECIPE["renorm_radius"] * (1 + 1e-5)), "renormalization must hold"
+    # a learned filter is smooth: neighbouring taps are correlated, unlike i.i.d. noise
+    flat = w.reshape(w.shape[0], 3, -1)
+    right = (w[:, :, :, 1:] * w[:, :, :, :-1]).sum(axis=(1, 2, 3))
+    energy = (w[:, :, :, 1:] ** 2).sum(axis=(1, 2, 3))
+    assert flat.size and np.median(right / energy) > 0.6  # 0.37 for a He-initialised conv1
+
+
+def test_train_builtin_tiny_run_writes_a_loadable_model(tmp_path):
+    out = tmp_path / "mini.npz"
+    history = builtin.train_builtin(str(out), epochs=1, n_train_per_class=7, progress=False)
+    assert len(history.val_acc) == 1 and 0 <= history.val_acc[0] <= 1
+    net, meta = builtin.load_model(str(out))
+    assert meta["recipe"]["epochs"] == 1 and meta["recipe"]["n_train_per_class"] == 7
+    assert meta["classes"] == list(synthetic.CLASSES)
+    x = np.zeros((2, 3, 64, 64), np.float32)
+    assert net.forward(x).shape == (2, len(synthetic.CLASSES))
+
+
+def test_load_model_missing_file_says_how_to_rebuild(tmp_path):
+    with pytest.raises(FileNotFoundError, match="zfraw train --builtin"):
+        builtin.load_model(str(tmp_path / "nope.npz"))
+
+
+def test_demo_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli.main(["demo", "--out", str(out), "--images", "30", "--features", "1", "--quiet",
+                     "--backend", "numpy"]) == 0
+    html = (out / "index.html").read_text()
+    sources = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert len(sources) >= 1 + 5  # the filters and one top-9 grid per conv layer at least
+    for src in sources:
+        assert os.path.getsize(out / src) > 0
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        assert layer in html
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_demo_with_missing_weights_exits_2(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path / "r"), "--weights", str(tmp_path / "none.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.npz" in err[0]
+
+
+def test_saved_model_metadata_round_trip(tmp_path):
+    net, meta = builtin.load_model()
+    path = tmp_path / "copy.npz"
+    net.save(str(path), classes=meta["classes"], mean=meta["mean"].tolist())
+    again = nn.read_meta(str(path))["extra"]
+    assert again["classes"] == meta["classes"]
+    np.testing.assert_allclose(again["mean"], meta["mean"])
