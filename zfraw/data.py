@@ -33,6 +33,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from zfraw._args import int_arg
+
 __all__ = [
     "DataError", "IMG_EXTENSIONS", "load_image", "ImageFolder", "ArrayDataset",
     "resize_shorter", "center_crop", "random_crop", "pad", "hflip", "ten_crop",
@@ -382,16 +384,6 @@ def random_crop(img, size, rng):
     return img[top:top + h, left:left + w]
 
 
-def _nonnegative(name, v):
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}") from None
-    if v < 0:
-        raise ValueError(f"{name}: expected >= 0, got {v}")
-    return v
-
-
 _PAD_MODES = ("reflect", "edge", "constant", "symmetric")
 
 
@@ -415,7 +407,7 @@ def pad(img, width, mode="reflect"):
         uint8 (H + 2 width, W + 2 width, 3); the same array when ``width == 0``.
     """
     img = _image(img)
-    width = _nonnegative("width", width)
+    width = int_arg("width", width, 0)
     _pad_mode(mode)
     if width == 0:
         return img
@@ -620,7 +612,7 @@ def train_transform(size, crop, mean=None, rng=None, flip=True, pad_width=0, pad
     pad_mode : {"reflect", "edge", "constant", "symmetric"}
     """
     size, (h, w) = _transform_args(size, crop)
-    pad_width = _nonnegative("pad_width", pad_width)
+    pad_width = int_arg("pad_width", pad_width, 0)
     _pad_mode(pad_mode)
     mean = _Mean(mean, size, (h, w), pad_width, pad_mode)
     rng = np.random.default_rng(rng)

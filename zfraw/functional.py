@@ -22,6 +22,7 @@ import numbers
 import numpy as np
 
 from zfraw import backend as _backend
+from zfraw._args import int_arg as _int, pair_arg as _pair
 
 __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "conv_transpose2d", "conv_matrix",
@@ -58,24 +59,6 @@ def _array(name, a, ndim=None, float_only=True):
 def _same_dtype(ref_name, ref, name, a):
     if a.dtype != ref.dtype:
         raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has {ref.dtype}; cast one of them")
-
-
-def _int(name, v, minimum):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return int(v)
-
-
-def _pair(name, v, minimum):
-    """An int or a pair of ints (h, w), each >= minimum -> (h, w)."""
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-        return _int(name, v[0], minimum), _int(name, v[1], minimum)
-    v = _int(name, v, minimum)
-    return v, v
 
 
 def _spatial_shape(name, shape):

@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from zfraw import visualize as V
+from zfraw._args import int_arg
 from zfraw.backend import get_backend
 from zfraw.nn import Conv2d, Sequential
 
@@ -179,8 +180,8 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     layers = [net.check_layer(lyr) for lyr in ([layers] if isinstance(layers, str) else layers)]
     if not callable(transform):
         raise TypeError(f"transform: expected a callable, got {type(transform).__name__}")
-    features_per_layer = V._positive_int("features_per_layer", features_per_layer)
-    n_images = min(V._positive_int("n_images", n_images), V._dataset_len(dataset))
+    features_per_layer = int_arg("features_per_layer", features_per_layer, 1)
+    n_images = min(int_arg("n_images", n_images, 1), V._dataset_len(dataset))
     if n_images == 0:
         raise ValueError("dataset: it is empty")
     if how not in V.CHOOSE_MODES:

@@ -58,6 +58,8 @@ import operator
 import numpy as np
 from PIL import Image, ImageDraw
 
+from zfraw._args import int_arg
+
 __all__ = [
     "CLASSES", "DESCRIPTIONS", "SPLITS", "render", "make_dataset", "SyntheticDataset",
     "contact_sheet",
@@ -458,26 +460,6 @@ def _split_key(split):
     return SPLITS[split]
 
 
-def _check_seed(seed):
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise TypeError(f"seed: expected a non-negative int, got {type(seed).__name__}") from None
-    if seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed}")
-    return seed
-
-
-def _check_n(n_per_class):
-    try:
-        n = operator.index(n_per_class)
-    except TypeError:
-        raise TypeError(f"n_per_class: expected an int, got {type(n_per_class).__name__}") from None
-    if n < 1:
-        raise ValueError(f"n_per_class: expected at least 1, got {n}")
-    return n
-
-
 def _labels(n_blocks, seed, split_key):
     """Labels of the first n_blocks * len(CLASSES) images: each block is a permutation of the classes."""
     k = len(CLASSES)
@@ -512,8 +494,8 @@ class SyntheticDataset:
     """
 
     def __init__(self, n_per_class, seed=0, size=64, split="train"):
-        self.n_per_class = _check_n(n_per_class)
-        self.seed = _check_seed(seed)
+        self.n_per_class = int_arg("n_per_class", n_per_class, 1)
+        self.seed = int_arg("seed", seed, 0)
         self.size = _check_size(size)
         self.split = split
         self._key = _split_key(split)

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from zfraw import data as _data
 from zfraw import deconvnet
+from zfraw._args import int_arg
 from zfraw.backend import get_backend, to_host
 from zfraw.nn import Conv2d, Flatten, Linear, Sequential
 
@@ -58,16 +59,6 @@ def _host(a, name, ndim=None):
     if ndim is not None and a.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
     return a
-
-
-def _positive_int(name, v):
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}") from None
-    if v < 1:
-        raise ValueError(f"{name}: expected >= 1, got {v}")
-    return v
 
 
 def _check_net(net):
@@ -141,7 +132,7 @@ def upscale(img, factor):
     Takes and returns the same kind: a PIL image, or an array (H, W[, C]) ->
     (H*factor, W*factor[, C]).
     """
-    factor = _positive_int("factor", factor)
+    factor = int_arg("factor", factor, 1)
     if isinstance(img, Image.Image):
         return img.resize((img.width * factor, img.height * factor), Image.NEAREST)
     a = _host(img, "img", (2, 3))
@@ -168,7 +159,7 @@ def grid(images, ncols, pad=2, background=(255, 255, 255)):
     PIL.Image.Image (RGB)
     """
     arrays = [_as_rgb_array(im, f"images[{i}]") for i, im in enumerate(images)]
-    ncols = _positive_int("ncols", ncols)
+    ncols = int_arg("ncols", ncols, 1)
     pad = operator.index(pad)
     if pad < 0:
         raise ValueError(f"pad: expected >= 0, got {pad}")
@@ -352,8 +343,8 @@ def scan_layers(net, dataset, layers, k=9, batch_size=64, transform=None, progre
     layers = [net.check_layer(lyr) for lyr in ([layers] if isinstance(layers, str) else layers)]
     if not layers:
         raise ValueError("layers: expected at least one layer name")
-    k = _positive_int("k", k)
-    batch_size = _positive_int("batch_size", batch_size)
+    k = int_arg("k", k, 1)
+    batch_size = int_arg("batch_size", batch_size, 1)
     deepest = max(layers, key=net.names.index)
     stores = {lyr: _TopK(k) for lyr in layers}
     widths = {}
@@ -400,7 +391,7 @@ def choose_features(maxima, n, how="top"):
     maxima = np.asarray(maxima, dtype=np.float64)
     if maxima.ndim != 1:
         raise ValueError(f"maxima: expected shape (C,), got {maxima.shape}")
-    n = _positive_int("n", n)
+    n = int_arg("n", n, 1)
     if how not in CHOOSE_MODES:
         raise ValueError(f"how: expected one of {CHOOSE_MODES}, got {how!r}")
     key = np.where(np.isnan(maxima), -np.inf, maxima)
@@ -602,7 +593,7 @@ def project_image(net, x, layer, feature=None, rule="deconvnet", mean=None, fact
     net.clear()
     p = np.asarray(to_host(p))[0]
     h, w = xh.shape[-2:]
-    factor = _factor(max(h, w), 192) if factor is None else _positive_int("factor", factor)
+    factor = _factor(max(h, w), 192) if factor is None else int_arg("factor", factor, 1)
     image = Image.fromarray(upscale(image_to_uint8(xh[0], mean), factor))
     f, (row, col), value = int(info["feature"][0]), info["location"][0], float(info["value"][0])
     if box:
@@ -644,8 +635,8 @@ def filters_image(w, ncols=None, scale=6, normalize="filter", pad=1, background=
         raise ValueError(f"w: expected (F, 3, k, k) filters of RGB input, got shape {w.shape}")
     if normalize not in ("filter", "shared"):
         raise ValueError(f"normalize: expected 'filter' or 'shared', got {normalize!r}")
-    scale = _positive_int("scale", scale)
-    ncols = math.ceil(math.sqrt(len(w))) if ncols is None else _positive_int("ncols", ncols)
+    scale = int_arg("scale", scale, 1)
+    ncols = math.ceil(math.sqrt(len(w))) if ncols is None else int_arg("ncols", ncols, 1)
     shared = float(np.abs(w).max())
     tiles = [upscale(projection_to_image(f, shared if normalize == "shared" else None), scale) for f in w]
     return grid(tiles, ncols, pad=pad, background=background)

@@ -1,0 +1,21 @@
+"""Argument checks shared by the modules: a bad argument is an error that names it."""
+import numbers
+
+
+def int_arg(name, v, minimum):
+    """``v`` as an int >= ``minimum``; TypeError (not an int, or a bool) or ValueError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def pair_arg(name, v, minimum):
+    """An int or a pair of ints (h, w), each >= ``minimum`` -> (h, w)."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+        return int_arg(name, v[0], minimum), int_arg(name, v[1], minimum)
+    v = int_arg(name, v, minimum)
+    return v, v
