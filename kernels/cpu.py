@@ -12,8 +12,11 @@ How the kernels are built
 * ``@njit(parallel=True, cache=True, fastmath=FASTMATH)``: ``prange`` runs the
   outer loop over independent tasks, (n, c) planes or (n, block of pixels), on
   all cores; inner loops run over contiguous memory, so the kernels stream at
-  memory bandwidth.  Compiled code is cached in ``kernels/__pycache__`` after
-  the first call of each kernel for each dtype.
+  memory bandwidth.  Compiled code is cached after the first call of each
+  kernel for each dtype, in ``$XDG_CACHE_HOME/zfraw/numba`` (``~/.cache/zfraw/numba``)
+  unless ``NUMBA_CACHE_DIR`` says otherwise: not beside the installed sources,
+  where files pip does not know of would outlive an uninstall (and turn the left
+  ``zfraw`` folder into a namespace package that shadows a later install).
 * ``FASTMATH`` allows reassociation, contraction to FMA and approximate
   functions, but never ``nnan``/``ninf``: max-pooling pads with -inf and a NaN
   must win, so comparisons with NaN and infinities keep their IEEE meaning.
@@ -53,10 +56,20 @@ and ``pow`` from another math library or, for beta = 0.75, square roots).
 from __future__ import annotations
 
 import os
+import sys
 
-import numba
-import numpy as np
-from numba import njit, prange
+
+def _default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "zfraw", "numba")
+
+
+if "numba" not in sys.modules:  # Numba reads NUMBA_CACHE_DIR once, when it is imported
+    os.environ.setdefault("NUMBA_CACHE_DIR", _default_cache_dir())
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 __all__ = ["KERNELS", "FASTMATH", "im2col", "col2im", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
            "POOL_LANES", "POOL_LANES_MAX_PIXELS"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
@@ -99,13 +100,11 @@ def _load(name: str) -> Backend:
     if name == "numpy":
         return Backend("numpy", np, dict(generic), tile_bytes=CPU_TILE_BYTES)
     if name == "numba":
-        try:
-            importlib.import_module("numba")
-        except ImportError as exc:
+        if importlib.util.find_spec("numba") is None:  # found, not imported: kernels/cpu sets it up
             raise BackendUnavailable(
-                f"backend 'numba' needs Numba, which is not installed ({exc}). "
+                "backend 'numba' needs Numba, which is not installed. "
                 "Install it with `pip install zfraw[numba]` (or `pip install numba`)."
-            ) from None
+            )
         from zfraw.kernels import cpu
 
         return Backend("numba", np, {**generic, **cpu.KERNELS}, tile_bytes=CPU_TILE_BYTES)
