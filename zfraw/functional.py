@@ -113,7 +113,9 @@ def _conv_tiles(n, ho, wo, column_bytes):
     whole, as many images at a time as fit.  Tiles come image-chunk by
     image-chunk, the bands of a chunk in ascending row order.
     """
-    budget = min(_backend.workspace_bytes(), _backend.get_backend().tile_bytes or _backend.workspace_bytes())
+    budget = _backend.workspace_bytes()
+    if _backend.get_backend().tile_bytes:
+        budget = min(budget, _backend.get_backend().tile_bytes)
     row_bytes = column_bytes * wo
     rows = ho
     if ho * wo > BAND_COLUMNS and row_bytes * ho > budget:

@@ -393,17 +393,21 @@ class Sequential:
         project (no inputs, no switches): a layer's input is freed as soon as the
         next layer has its output, and ``backward``/``project`` then raise
         "needs a forward pass first".  (Dropout's mask, kept only in training, is
-        the exception.)  The flag is set on every layer at each call.
+        the exception.)  The layers cache again after the call.
         """
         stop = self.check_layer(upto) if upto is not None else None
         self.activations = OrderedDict()
-        for lname, layer in self.layers.items():
-            layer.caching = bool(cache)
-            x = layer.forward(x)
-            if keep:
-                self.activations[lname] = x
-            if lname == stop:
-                break
+        try:
+            for lname, layer in self.layers.items():
+                layer.caching = bool(cache)
+                x = layer.forward(x)
+                if keep:
+                    self.activations[lname] = x
+                if lname == stop:
+                    break
+        finally:
+            for layer in self.layers.values():
+                layer.caching = True
         return x
 
     __call__ = forward

@@ -165,7 +165,7 @@ def evaluate(net, batches):
     total_loss, correct, count = 0.0, 0, 0
     for x, labels in batches:
         x = get_backend().xp.asarray(x)
-        scores = net.forward(x, keep=False)
+        scores = net.forward(x, keep=False, cache=False)
         loss, _ = F.cross_entropy(scores, get_backend().xp.asarray(labels))
         total_loss += loss * len(labels)
         correct += int((to_host(scores.argmax(axis=1)) == np.asarray(to_host(labels))).sum())

@@ -361,7 +361,7 @@ def scan_layers(net, dataset, layers, k=9, batch_size=64, transform=None, progre
     try:
         for x, idx in _stream(dataset, batch_size, transform, limit):
             keep = len(layers) > 1
-            out = net.forward(xp.asarray(x, dtype=dtype), upto=deepest, keep=keep)
+            out = net.forward(xp.asarray(x, dtype=dtype), upto=deepest, keep=keep, cache=False)
             for lyr in layers:
                 a = net.activations[lyr] if keep else out
                 val, loc, widths[lyr] = _image_maxima(a)
