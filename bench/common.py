@@ -42,6 +42,24 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 GPU_BACKENDS = ("cupy", "cuda")
+#: PyTorch on the CPU and on the GPU (cuDNN / cuBLAS), the two reference columns
+TORCH = "torch"
+TORCH_CUDA = "torch-cuda"
+TORCH_IMPLS = (TORCH, TORCH_CUDA)
+#: every implementation whose work runs on a GPU (timed with events, not wall clock)
+GPU_IMPLS = GPU_BACKENDS + (TORCH_CUDA,)
+
+
+def reference_for(impl):
+    """The PyTorch column a zfraw backend is compared with: torch-cuda for a GPU backend."""
+    return TORCH_CUDA if impl in GPU_BACKENDS else TORCH
+
+
+def torch_impls(requested, backends):
+    """The PyTorch implementations to run: ``requested`` (a list of 'cpu'/'cuda'), or by
+    default 'cpu' always and 'cuda' when a GPU backend runs."""
+    devices = requested or (["cpu"] + (["cuda"] if any(b in GPU_BACKENDS for b in backends) else []))
+    return [TORCH if d == "cpu" else TORCH_CUDA for d in dict.fromkeys(devices)]
 
 
 # ============================================================== optional libraries
@@ -53,15 +71,32 @@ def torch_installed():
     return importlib.util.find_spec("torch") is not None
 
 
-def import_torch(threads=None):
-    """``torch`` with ``threads`` intra-op threads, or None when it is not installed."""
+def import_torch(threads=None, cuda=False):
+    """``torch`` with ``threads`` intra-op threads, or None when it is not installed.
+
+    With ``cuda``: PyTorch on the GPU, set up as the strongest float32 reference --
+    ``cudnn.benchmark`` on (cuDNN times its algorithms on the first call of each
+    shape, which the warm-up absorbs) and TF32 off for convolutions and matrix
+    products alike (zfraw's cuBLAS GEMMs are plain float32 too).
+    """
     try:
         import torch
     except ImportError:
         return None
     if threads:
         torch.set_num_threads(int(threads))
+    if cuda:
+        if not torch.cuda.is_available():
+            raise SystemExit("torch-cuda: this PyTorch sees no CUDA GPU")
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return torch
+
+
+def torch_device(impl):
+    """'cuda' for the torch-cuda column, else 'cpu'."""
+    return "cuda" if impl == TORCH_CUDA else "cpu"
 
 
 def cpu_threads():
@@ -96,27 +131,45 @@ def _summary(seconds):
             "min_ms": ms[0], "runs": len(ms)}
 
 
+def timer_for(impl):
+    """How ``impl`` is timed: 'cupy' or 'torch' (GPU events), or False (wall clock)."""
+    if impl in GPU_BACKENDS:
+        return "cupy"
+    return "torch" if impl == TORCH_CUDA else False
+
+
+def _gpu_events(kind):
+    """(start, end, seconds(start, end)) events of CuPy or PyTorch on the current stream."""
+    if kind == "torch":
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        return start, end, lambda a, b: a.elapsed_time(b) / 1e3
+    import cupy
+
+    return cupy.cuda.Event(), cupy.cuda.Event(), lambda a, b: cupy.cuda.get_elapsed_time(a, b) / 1e3
+
+
 def time_call(fn, repeat=7, warmup=1, gpu=False):
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeat`` timed ones.
 
     Returns a dict with ``median_ms``, ``q1_ms``, ``q3_ms``, ``iqr_ms``, ``min_ms``
     and ``runs``.  On the CPU each call is timed with ``time.perf_counter``; with
-    ``gpu`` each call is bracketed by CuPy events on the current stream and the
-    end event is synchronized (the GPU time, not the launch time).
+    ``gpu`` ('cupy' or True, or 'torch') each call is bracketed by that library's
+    CUDA events on its current stream and the end event is synchronized (the GPU
+    time, not the launch time).
     """
     for _ in range(warmup):
         fn()
     if gpu:
-        import cupy
-
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start, end, elapsed = _gpu_events("torch" if gpu == "torch" else "cupy")
         seconds = []
         for _ in range(repeat):
             start.record()
             fn()
             end.record()
             end.synchronize()
-            seconds.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+            seconds.append(elapsed(start, end))
         return _summary(seconds)
     seconds = []
     for _ in range(repeat):
@@ -211,6 +264,51 @@ def peak_delta(fn):
     del result
     gc.collect()
     return 1024 * max(0, peak - before)
+
+
+def gpu_peak_delta(fn, impl):
+    """Peak extra GPU memory (bytes) while ``fn()`` runs on a GPU impl, its result dropped.
+
+    Counted at the allocator: for a zfraw GPU backend every block CuPy's memory
+    pool hands out and takes back (a ``cupy.cuda.MemoryHook``); for torch-cuda
+    PyTorch's caching allocator (``max_memory_allocated`` above what was allocated
+    before), cuDNN's workspace included.  Neither counts what the CUDA libraries
+    allocate for themselves outside the allocator (cuBLAS's own workspace).
+    """
+    gc.collect()
+    if impl == TORCH_CUDA:
+        import torch
+
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del result
+        return int(peak)
+    import cupy
+
+    class PeakHook(cupy.cuda.MemoryHook):
+        name = "zfraw_bench_peak"
+
+        def __init__(self):
+            self.current = self.peak = 0
+
+        def malloc_postprocess(self, **kw):
+            self.current += kw["mem_size"]
+            self.peak = max(self.peak, self.current)
+
+        def free_postprocess(self, **kw):
+            self.current -= kw["mem_size"]
+
+    hook = PeakHook()
+    cupy.cuda.Device().synchronize()
+    with hook:
+        result = fn()
+        cupy.cuda.Device().synchronize()
+        del result
+    return int(hook.peak)
 
 
 def run_worker(script, args, memory=True, timeout=3600, log=None):
@@ -383,10 +481,17 @@ def machine_info(torch=None, backends=()):
     return info
 
 
-def torch_info(torch):
-    """PyTorch's version and parallel set-up (from a process that imported it)."""
-    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+def torch_info(torch, cuda=False):
+    """PyTorch's version and parallel set-up (from a process that imported it); with
+    ``cuda`` also its CUDA and cuDNN versions, GPU and settings."""
+    info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "torch_parallel": torch.__config__.parallel_info()}
+    if cuda:
+        info.update({"torch_cuda": torch.version.cuda, "torch_cudnn": torch.backends.cudnn.version(),
+                     "torch_gpu": torch.cuda.get_device_name(),
+                     "torch_cudnn_benchmark": torch.backends.cudnn.benchmark,
+                     "torch_tf32": bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)})
+    return info
 
 
 def numba_layer():
@@ -460,7 +565,7 @@ def load_results(out_dir, kind):
 
 
 def has_gpu_rows(result):
-    return any(r["impl"] in GPU_BACKENDS for r in result.get("rows", []))
+    return any(r["impl"] in GPU_IMPLS for r in result.get("rows", []))
 
 
 # ============================================================== Markdown
@@ -488,12 +593,15 @@ def machine_line(info):
     t = info.get("threads", {})
     parts = [f"{info['cpu_model']}, {info['cpu_count']} CPUs"]
     if info.get("gpu"):
-        parts.append(f"GPU {info['gpu']}")
+        parts.append(f"GPU {info['gpu']} (CuPy {info.get('cupy')}, CUDA runtime {info.get('cuda_runtime')})")
     parts.append(f"numpy {info['numpy']}")
     if info.get("numba"):
         parts.append(f"numba {info['numba']} ({t.get('numba')} threads, {info.get('numba_threading_layer')})")
     if info.get("torch"):
         parts.append(f"torch {info['torch']} ({t.get('torch')} threads)")
+    if info.get("torch_cudnn"):
+        parts.append(f"torch-cuda: CUDA {info.get('torch_cuda')}, cuDNN {info['torch_cudnn']}, "
+                     f"cudnn.benchmark {info.get('torch_cudnn_benchmark')}, TF32 {info.get('torch_tf32')}")
     parts.append(f"OpenBLAS {t.get('openblas')} threads, {info.get('openblas_core')} kernels")
     parts.append(f"1-min load {info.get('load_1min', 0):.2f} before, {info.get('load_after', 0):.2f} after")
     parts.append(info["date"])
@@ -508,6 +616,9 @@ def common_arguments(parser, default_batches):
                         help=f"batch sizes (default {' '.join(map(str, default_batches))}, plus 128 on a GPU)")
     parser.add_argument("--backends", nargs="+", default=None, help="zfraw backends (default: all that run here)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it is installed")
+    parser.add_argument("--torch-devices", nargs="+", choices=("cpu", "cuda"), default=None,
+                        help="PyTorch columns: cpu (torch) and/or cuda (torch-cuda, cuDNN); default cpu, plus cuda "
+                             "when a GPU backend runs")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default=str(RESULTS), help="directory for the JSON and Markdown (default bench/results)")
     parser.add_argument("--max-load", type=float, default=None,

@@ -44,7 +44,7 @@ from zfraw import nn  # noqa: E402
 from zfraw.models import build  # noqa: E402
 
 DEFAULT_BATCHES = (1, 16)
-TORCH = "torch"
+TORCH, TORCH_CUDA, TORCH_IMPLS = common.TORCH, common.TORCH_CUDA, common.TORCH_IMPLS
 
 
 # ============================================================== the cases
@@ -198,16 +198,16 @@ def _on_backend(arrays, backend):
         return {k: zfraw.to_device(v) for k, v in arrays.items()}
 
 
-def _torch_tensors(torch, arrays):
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+def _torch_tensors(torch, arrays, device="cpu"):
+    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
 
 def callables(case, arrays, impls, torch):
     """{impl: zero-argument callable} for one case (zfraw calls run under their backend)."""
     out = {}
     for impl in impls:
-        if impl == TORCH:
-            out[impl] = case.theirs(torch, _torch_tensors(torch, arrays))
+        if impl in TORCH_IMPLS:
+            out[impl] = case.theirs(torch, _torch_tensors(torch, arrays, common.torch_device(impl)))
             continue
         fn = case.ours(_on_backend(arrays, impl))
 
@@ -225,12 +225,12 @@ def time_cases(cases, impls, repeat, torch, seed=2014, log=print):
         arrays = case.make(np.random.default_rng(seed + i))
         fns = callables(case, arrays, impls, torch)
         for impl, fn in fns.items():
-            ctx = torch.no_grad() if impl == TORCH and case.op != "backward" else _Null()
+            ctx = torch.no_grad() if impl in TORCH_IMPLS and case.op != "backward" else _Null()
             with ctx:
-                t = common.time_call(fn, repeat=repeat, warmup=1, gpu=impl in common.GPU_BACKENDS)
+                t = common.time_call(fn, repeat=repeat, warmup=1, gpu=common.timer_for(impl))
             rows.append({"layer": case.layer, "op": case.op, "kind": case.kind, "impl": impl,
                          "flops": case.flops, "gflops": common.gflops(case.flops, t["median_ms"]), **t})
-            log(f"  {case.key:<18} {impl:<6} {t['median_ms']:9.2f} ms (IQR {t['iqr_ms']:.2f})")
+            log(f"  {case.key:<18} {impl:<10} {t['median_ms']:9.3f} ms (IQR {t['iqr_ms']:.3f})")
         del fns, arrays
         gc.collect()
     return rows
@@ -238,13 +238,13 @@ def time_cases(cases, impls, repeat, torch, seed=2014, log=print):
 
 def time_worker(impl, batch, model, image_size, repeat, threads, only, gemm_size):
     """Worker process: time every case on one impl; prints progress, then JSON {rows, info, gemm}."""
-    torch = common.import_torch(threads) if impl == TORCH else None
+    torch = common.import_torch(threads, cuda=impl == TORCH_CUDA) if impl in TORCH_IMPLS else None
     cases = make_cases(model, image_size, batch, only)
     rows = [dict(r, batch=batch) for r in time_cases(cases, [impl], repeat, torch)]
     info, gemm = {"numba_threading_layer": common.numba_layer()}, None
     if torch is not None:
-        info.update(common.torch_info(torch))
-        gemm = _torch_gemm(torch, max(3, repeat), gemm_size)
+        info.update(common.torch_info(torch, cuda=impl == TORCH_CUDA))
+        gemm = _torch_gemm(torch, max(3, repeat), gemm_size, common.torch_device(impl))
     elif impl in common.GPU_BACKENDS:
         import cupy
 
@@ -261,27 +261,30 @@ class _Null:
 
 
 def memory_worker(impl, batch, model, image_size, threads):
-    """Peak memory (bytes) of one call of every case, for one impl and batch; prints JSON."""
-    torch = common.import_torch(threads) if impl == TORCH else None
+    """Peak memory (bytes) of one call of every case, for one impl and batch; prints JSON.
+
+    A CPU impl: the rise of the process RSS high-water mark; a GPU impl: the peak
+    of its GPU allocator above what was in use before (``common.gpu_peak_delta``).
+    """
+    torch = common.import_torch(threads, cuda=impl == TORCH_CUDA) if impl in TORCH_IMPLS else None
     out = {}
     for i, case in enumerate(make_cases(model, image_size, batch)):
         arrays = case.make(np.random.default_rng(2014 + i))
         fn = callables(case, arrays, [impl], torch)[impl]
-        ctx = torch.no_grad() if impl == TORCH and case.op != "backward" else _Null()
+        ctx = torch.no_grad() if impl in TORCH_IMPLS and case.op != "backward" else _Null()
         with ctx:
             fn()  # warm-up: compilation and one-time caches are not counted
-            out[case.key] = common.peak_delta(fn)
+            out[case.key] = (common.gpu_peak_delta(fn, impl) if impl in common.GPU_IMPLS
+                             else common.peak_delta(fn))
         del fn, arrays
         gc.collect()
     print(json.dumps(out))
 
 
 def measure_memory(impls, batch, model, image_size, threads, log=print):
-    """{impl: {case key: bytes}} from one worker subprocess per CPU impl (GPU: not measured)."""
+    """{impl: {case key: bytes}} from one worker subprocess per impl (CPU: RSS; GPU: allocator peak)."""
     out = {}
     for impl in impls:
-        if impl in common.GPU_BACKENDS:
-            continue
         log(f"  peak memory: {impl}, batch {batch}")
         out[impl] = common.run_worker(Path(__file__), ["--memory-worker", impl, "--batch", batch, "--model", model,
                                                        "--image-size", image_size, "--threads", threads])
@@ -298,7 +301,8 @@ def markdown(result):
     """The Markdown report of one layers result (and a CPU-vs-GPU section from any GPU results)."""
     info, rows, impls = result["machine"], result["rows"], result["impls"]
     index = _row_index(rows)
-    backends = [i for i in impls if i != TORCH]
+    backends = [i for i in impls if i not in TORCH_IMPLS]
+    compared = [b for b in backends if common.reference_for(b) in impls]
     gemm = result["gemm"]["cpu"]
     lines = [f"# zfraw layers: {result['model']} {result['input_shape']}\n",
              common.machine_line(info) + ".\n",
@@ -307,14 +311,18 @@ def markdown(result):
              f"{gemm['square']['gflops']:.0f} GFLOP/s at 2048^3 and {gemm['conv_shaped']['gflops']:.0f} GFLOP/s "
              f"conv-shaped ({'x'.join(map(str, gemm['conv_shaped']['shape']))})"
              + (f"; PyTorch's (MKL) {result['gemm']['torch']['square']['gflops']:.0f} GFLOP/s at 2048^3"
-                if result["gemm"].get("torch") else "") + ".  "
-             "% GEMM = GFLOP/s / the 2048^3 rate (a GPU backend's: its GPU's).  'x vs torch' = torch ms / backend ms (above 1: faster than "
-             "PyTorch).  Peak memory: the rise of the process RSS high-water mark during one call (outputs and "
-             "temporaries; inputs not counted).\n"]
+                if result["gemm"].get("torch") else "")
+             + (f"; the GPU's (CuPy/cuBLAS, float32, no TF32) {result['gemm']['gpu']['square']['gflops']:.0f} "
+                f"GFLOP/s at 2048^3" if result["gemm"].get("gpu") else "") + ".  "
+             "% GEMM = GFLOP/s / the 2048^3 rate (a GPU impl's: its GPU's).  'x vs torch' = PyTorch ms / backend "
+             "ms (above 1: faster than PyTorch), a CPU backend against torch (CPU), a GPU backend against "
+             "torch-cuda (cuDNN, TF32 off).  Peak memory: on the CPU the rise of the process RSS high-water mark "
+             "during one call, on a GPU the peak of the allocator (CuPy's pool, PyTorch's caching allocator) "
+             "above what was in use before (outputs and temporaries; inputs not counted).\n"]
     for batch in result["batches"]:
         keys = [(r["layer"], r["op"]) for r in rows if r["batch"] == batch and r["impl"] == impls[0]]
         headers = (["layer", "op"] + [f"{i} ms (IQR)" for i in impls] + [f"{i} GFLOP/s (% GEMM)" for i in impls]
-                   + [f"{b} x vs torch" for b in backends if TORCH in impls]
+                   + [f"{b} x vs {common.reference_for(b)}" for b in compared]
                    + [f"{b} x vs numpy" for b in backends if b != "numpy" and "numpy" in backends])
         table = []
         for layer, op in keys:
@@ -323,15 +331,14 @@ def markdown(result):
             cells += [f"{common.fmt(r['median_ms'], 2)} ({common.fmt(r['iqr_ms'], 2)})" if r else "-"
                       for r in got.values()]
             for impl, r in got.items():
-                ceiling = result["gemm"].get("gpu" if impl in common.GPU_BACKENDS else "cpu", gemm)
+                ceiling = result["gemm"].get("gpu" if impl in common.GPU_IMPLS else "cpu", gemm)
                 if r and r.get("gflops"):
                     rate = r["gflops"]
                     cells.append(f"{common.fmt(rate, 0 if rate >= 10 else 1)} "
                                  f"({100 * rate / ceiling['square']['gflops']:.0f}%)")
                 else:
                     cells.append("-")
-            if TORCH in impls:
-                cells += [common.fmt(_ratio(got[TORCH], got[b]), 2, "x") for b in backends]
+            cells += [common.fmt(_ratio(got[common.reference_for(b)], got[b]), 2, "x") for b in compared]
             if "numpy" in backends:
                 cells += [common.fmt(_ratio(got["numpy"], got[b]), 2, "x") for b in backends if b != "numpy"]
             table.append(cells)
@@ -366,8 +373,11 @@ def gpu_section(out_dir):
         return "\n".join(lines)
     for path, res in found.items():
         index = _row_index(res["rows"])
-        gpus = [i for i in res["impls"] if i in common.GPU_BACKENDS]
-        cpus = [i for i in res["impls"] if i not in common.GPU_BACKENDS]
+        gpus = [i for i in res["impls"] if i in common.GPU_IMPLS]
+        cpus = [i for i in res["impls"] if i not in common.GPU_IMPLS]
+        if not cpus:
+            lines.append(f"`{Path(path).name}` ({res['machine'].get('gpu')}) has no CPU column to compare with.\n")
+            continue
         lines.append(f"From `{Path(path).name}` ({res['machine'].get('gpu')} vs {res['machine']['cpu_model']}); "
                      "speed-up = CPU ms / GPU ms, measured side by side on that machine.\n")
         for batch in res["batches"]:
@@ -409,7 +419,7 @@ def main(argv=None, log=print):
     backends, batches, repeat = common.resolve_common(args, DEFAULT_BATCHES)
     threads = common.cpu_threads()
     with_torch = not args.no_torch and common.torch_installed()
-    impls = backends + ([TORCH] if with_torch else [])
+    impls = backends + (common.torch_impls(args.torch_devices, backends) if with_torch else [])
     if not with_torch and not args.no_torch:
         log("PyTorch is not installed: no torch column")
     if args.max_load is not None:
@@ -429,10 +439,11 @@ def main(argv=None, log=print):
                 + (["--cases", *args.cases] if args.cases else []), memory=False, log=log)
             rows += out["rows"]
             info.setdefault("workers", {})[impl] = out["info"]
-            if impl == TORCH:
+            if impl in TORCH_IMPLS:
                 info.update({k: v for k, v in out["info"].items() if k.startswith("torch")})
-                info["threads"]["torch"] = out["info"]["torch_threads"]
-                gemm["torch"] = out["gemm"]
+                if impl == TORCH:
+                    info["threads"]["torch"] = out["info"]["torch_threads"]
+                gemm[impl] = out["gemm"]
             elif out["gemm"]:
                 gemm["gpu"] = out["gemm"]
         if not args.no_memory and common.memory_supported():
@@ -453,10 +464,11 @@ def main(argv=None, log=print):
     return result
 
 
-def _torch_gemm(torch, repeat, size=2048):
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    c = torch.empty(size, size)
-    t = common.time_call(lambda: torch.mm(a, b, out=c), repeat=repeat, warmup=2)
+def _torch_gemm(torch, repeat, size=2048, device="cpu"):
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    c = torch.empty(size, size, device=device)
+    t = common.time_call(lambda: torch.mm(a, b, out=c), repeat=repeat, warmup=2,
+                         gpu="torch" if device == "cuda" else False)
     return {"square": {"shape": [size] * 3, "gflops": common.gflops(2.0 * size ** 3, t["median_ms"]), **t}}
 
 

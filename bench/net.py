@@ -48,7 +48,7 @@ from zfraw.models import build  # noqa: E402
 from zfraw.train import SGD, train_step  # noqa: E402
 
 DEFAULT_BATCHES = (1, 16)
-TORCH = "torch"
+TORCH, TORCH_CUDA, TORCH_IMPLS = common.TORCH, common.TORCH_CUDA, common.TORCH_IMPLS
 PROJECT_LAYER = "conv5"
 LR = 1e-4  # small: the timed steps must not blow the random network up
 
@@ -173,11 +173,12 @@ def time_tasks(args, impl, torch, repeat, log=print):
     for task, batch in plan:
         x_host, y_host = images(batch, args.image_size), labels_for(batch, args.num_classes)
         fresh = task == "train_step"
-        if impl == TORCH:
+        if impl in TORCH_IMPLS:
+            device = common.torch_device(impl)
             model = torch_net(torch, our_net(args.model, args.image_size, args.num_classes, "numpy")
-                              if fresh else host_net)
+                              if fresh else host_net).to(device)
             opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
-            x, labels = torch.from_numpy(x_host), torch.from_numpy(y_host)
+            x, labels = torch.from_numpy(x_host).to(device), torch.from_numpy(y_host).to(device)
             fn = torch_tasks(torch, model, x, labels, opt, project_index)[task]
         else:
             net = our_net(args.model, args.image_size, args.num_classes, impl) if fresh or impl != "numpy" \
@@ -186,37 +187,77 @@ def time_tasks(args, impl, torch, repeat, log=print):
                 x, labels = zfraw.to_device(x_host), zfraw.to_device(y_host)
                 opt = SGD(net, lr=LR) if fresh else None
             fn = our_tasks(impl, net, x, labels, opt)[task]
-        t = common.time_call(fn, repeat=repeat, warmup=1, gpu=impl in common.GPU_BACKENDS)
+        t = common.time_call(fn, repeat=repeat, warmup=1, gpu=common.timer_for(impl))
         rows.append({"task": task, "batch": batch, "impl": impl, "images_per_s": 1e3 * batch / t["median_ms"], **t})
-        log(f"  {task:<14} batch {batch:<4} {impl:<6} {t['median_ms']:9.1f} ms (IQR {t['iqr_ms']:.1f})")
+        log(f"  {task:<14} batch {batch:<4} {impl:<10} {t['median_ms']:9.2f} ms (IQR {t['iqr_ms']:.2f})")
         del fn
         gc.collect()
     return rows
 
 
 def time_worker(args, impl):
-    """Worker process: time every task on one impl; prints progress, then JSON {rows, info, agreement}."""
-    torch = common.import_torch(args.threads) if impl == TORCH else None
+    """Worker process: time every task on one impl; prints progress, then JSON
+    {rows, info, agreement, gpu_memory}."""
+    cuda = impl == TORCH_CUDA
+    torch = common.import_torch(args.threads, cuda=cuda) if impl in TORCH_IMPLS else None
     rows = time_tasks(args, impl, torch, args.repeat)
-    info, agree = {"numba_threading_layer": common.numba_layer()}, None
+    info, agree, memory = {"numba_threading_layer": common.numba_layer()}, None, None
     if torch is not None:
-        info.update(common.torch_info(torch))
-        agree = agreement(args, torch, "numpy")
-    print(json.dumps({"rows": rows, "info": info, "agreement": agree}))
+        info.update(common.torch_info(torch, cuda=cuda))
+        # the GPU column is checked against zfraw's cuda backend, on the GPU
+        backend = ("cuda" if "cuda" in args.backends_run else args.backends_run[0]) if cuda else "numpy"
+        agree = agreement(args, torch, backend, common.torch_device(impl))
+    if impl in common.GPU_IMPLS and not args.no_memory:
+        memory = gpu_memory(args, impl, torch)
+    print(json.dumps({"rows": rows, "info": info, "agreement": agree, "gpu_memory": memory}))
 
 
-def agreement(args, torch, backend):
-    """Largest |ours - torch| / max|torch| of the forward outputs at batch 2 (a same-function check)."""
+def agreement(args, torch, backend, device="cpu"):
+    """Largest |ours - torch| / max|torch| of the forward outputs at batch 2 (a same-function check):
+    zfraw on ``backend`` against PyTorch on ``device``."""
     net = our_net(args.model, args.image_size, args.num_classes, backend)
-    model = torch_net(torch, our_net(args.model, args.image_size, args.num_classes, "numpy"))
+    model = torch_net(torch, our_net(args.model, args.image_size, args.num_classes, "numpy")).to(device)
     x = images(2, args.image_size, seed=5)
     with zfraw.use_backend(backend):
         net.eval()
         ours = zfraw.to_host(net.forward(zfraw.to_device(x), keep=False, cache=False))
     model.eval()
     with torch.no_grad():
-        theirs = model(torch.from_numpy(x)).numpy()
+        theirs = model(torch.from_numpy(x).to(device)).cpu().numpy()
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+def gpu_memory(args, impl, torch):
+    """{variant: bytes}: GPU allocator peak of one batch-``memory_batch`` forward
+    (``common.gpu_peak_delta``), in this worker; the variants of ``measure_memory``."""
+    x_host = images(args.memory_batch, args.image_size)
+    out = {}
+    if impl == TORCH_CUDA:
+        for variant, inplace in ((impl, False), (f"{impl} inplace ReLU", True)):
+            model = torch_net(torch, our_net(args.model, args.image_size, args.num_classes, "numpy"),
+                              inplace=inplace).to("cuda").eval()
+            x = torch.from_numpy(x_host).to("cuda")
+
+            def fn(model=model, x=x):
+                with torch.no_grad():
+                    return model(x)
+            fn()  # warm-up: cuDNN's algorithm search is not counted
+            out[variant] = common.gpu_peak_delta(fn, impl)
+            del model, x, fn
+        return out
+    net = our_net(args.model, args.image_size, args.num_classes, impl)
+    net.eval()
+    with zfraw.use_backend(impl):
+        x = zfraw.to_device(x_host)
+    for cache in (False, True):
+        def fn(cache=cache):
+            with zfraw.use_backend(impl):
+                out = net.forward(x, keep=False, cache=cache)
+                net.clear()  # (after the peak was reached)
+                return out
+        fn()
+        out[f"{impl} cache={cache}"] = common.gpu_peak_delta(fn, impl)
+    return out
 
 
 # ============================================================== memory
@@ -251,7 +292,7 @@ def measure_memory(args, backends, with_torch, threads, log=print):
     """{variant: bytes} of a batch-``memory_batch`` forward for each CPU backend and PyTorch."""
     out = {}
     jobs = [(f"{b} cache={c}", b) for b in backends if b not in common.GPU_BACKENDS for c in (False, True)]
-    if with_torch:
+    if with_torch and TORCH in with_torch:
         jobs += [("torch", "numpy"), ("torch inplace ReLU", "numpy")]
     for variant, backend in jobs:
         log(f"  peak memory: {variant}, batch {args.memory_batch}")
@@ -266,28 +307,32 @@ def measure_memory(args, backends, with_torch, threads, log=print):
 
 def markdown(result):
     info, rows, impls = result["machine"], result["rows"], result["impls"]
-    backends = [i for i in impls if i != TORCH]
+    backends = [i for i in impls if i not in TORCH_IMPLS]
+    compared = [b for b in backends if common.reference_for(b) in impls]
     index = {(r["task"], r["batch"], r["impl"]): r for r in rows}
     lines = [f"# zfraw whole network: {result['model']} {result['input_shape']}, {result['num_classes']} classes\n",
              common.machine_line(info) + ".\n",
-             f"Median of {result['repeat']} runs after a warm-up, float32, ms per call (IQR).  "
-             "'x vs torch' = torch ms / backend ms (above 1: faster than PyTorch).  forward: evaluation mode, "
+             f"Median of {result['repeat']} runs after a warm-up, float32, ms per call (IQR); GPU columns timed "
+             "with CUDA events.  'x vs torch' = PyTorch ms / backend ms (above 1: faster than PyTorch), a CPU "
+             "backend against torch (CPU), a GPU backend against torch-cuda (cuDNN, TF32 off).  forward: "
+             "evaluation mode, "
              "`cache=False` / `torch.no_grad()`; train_step: forward + cross-entropy + backward + SGD "
              f"(batch {result['train_batch']}); project_conv5: zfraw's deconvnet from each image's strongest "
              "conv5 activation to the pixels vs PyTorch's gradient of that activation w.r.t. the input."
              + (f"  Outputs of the two networks agree to {result['agreement']:.1e} (max abs diff / max abs)."
-                if result.get("agreement") is not None else "") + "\n"]
+                if result.get("agreement") is not None else "")
+             + (f"  On the GPU (zfraw cuda vs torch-cuda) to {result['agreement_gpu']:.1e}."
+                if result.get("agreement_gpu") is not None else "") + "\n"]
     headers = (["task", "batch"] + [f"{i} ms (IQR)" for i in impls] + [f"{i} images/s" for i in impls]
-               + ([f"{b} x vs torch" for b in backends] if TORCH in impls else []))
+               + [f"{b} x vs {common.reference_for(b)}" for b in compared])
     table = []
     for task, batch in dict.fromkeys((r["task"], r["batch"]) for r in rows):
         got = {i: index.get((task, batch, i)) for i in impls}
         cells = [task, batch]
         cells += [f"{common.fmt(r['median_ms'], 1)} ({common.fmt(r['iqr_ms'], 1)})" if r else "-" for r in got.values()]
         cells += [common.fmt(r["images_per_s"], 1) if r else "-" for r in got.values()]
-        if TORCH in impls:
-            cells += [common.fmt(got[TORCH]["median_ms"] / got[b]["median_ms"], 2, "x")
-                      if got[TORCH] and got[b] else "-" for b in backends]
+        cells += [common.fmt(got[common.reference_for(b)]["median_ms"] / got[b]["median_ms"], 2, "x")
+                  if got[common.reference_for(b)] and got[b] else "-" for b in compared]
         table.append(cells)
     lines.append("\n## Time\n")
     lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)))
@@ -299,6 +344,16 @@ def markdown(result):
                      "already resident and not counted); ratio = this / PyTorch (plain ReLU).\n")
         table = [[k, common.fmt(common.mib(v), 0), common.fmt(v / ref, 2, "x") if ref else "-"] for k, v in mem.items()]
         lines.append(common.markdown_table(["variant", "peak MiB", "vs torch"], table))
+    gmem = result.get("gpu_memory")
+    if gmem:
+        ref = gmem.get(TORCH_CUDA)
+        lines.append(f"\n## Peak GPU memory of one batch-{result['memory_batch']} forward\n")
+        lines.append("Peak of the GPU allocator during the call above what was in use before (CuPy's memory pool "
+                     "for zfraw, PyTorch's caching allocator for torch-cuda, cuDNN workspace included); "
+                     "ratio = this / torch-cuda (plain ReLU).\n")
+        table = [[k, common.fmt(common.mib(v), 0), common.fmt(v / ref, 2, "x") if ref else "-"]
+                 for k, v in gmem.items()]
+        lines.append(common.markdown_table(["variant", "peak MiB", "vs torch-cuda"], table))
     lines.append(gpu_section(result.get("out_dir")))
     return "\n".join(lines)
 
@@ -311,8 +366,11 @@ def gpu_section(out_dir):
                      "CPU-versus-GPU table.\n")
         return "\n".join(lines)
     for path, res in found.items():
-        gpus = [i for i in res["impls"] if i in common.GPU_BACKENDS]
-        cpus = [i for i in res["impls"] if i not in common.GPU_BACKENDS]
+        gpus = [i for i in res["impls"] if i in common.GPU_IMPLS]
+        cpus = [i for i in res["impls"] if i not in common.GPU_IMPLS]
+        if not cpus:
+            lines.append(f"`{Path(path).name}` ({res['machine'].get('gpu')}) has no CPU column to compare with.\n")
+            continue
         index = {(r["task"], r["batch"], r["impl"]): r for r in res["rows"]}
         lines.append(f"From `{Path(path).name}` ({res['machine'].get('gpu')}); speed-up = CPU ms / GPU ms.\n")
         table = []
@@ -349,6 +407,7 @@ def main(argv=None, log=print):
         return None
 
     backends, args.batches, repeat = common.resolve_common(args, DEFAULT_BATCHES)
+    args.backends_run = backends
     if args.time_worker:
         args.repeat = repeat
         time_worker(args, args.time_worker)
@@ -356,33 +415,40 @@ def main(argv=None, log=print):
 
     threads = common.cpu_threads()
     with_torch = not args.no_torch and common.torch_installed()
-    impls = backends + ([TORCH] if with_torch else [])
+    torch_impls = common.torch_impls(args.torch_devices, backends) if with_torch else []
+    impls = backends + torch_impls
     if args.max_load is not None:
         common.wait_for_quiet(args.max_load, args.max_wait, log=log)
     info = common.machine_info(None, backends)
-    rows, agree = [], None
+    rows, agree, agree_gpu, gpu_mem = [], None, None, {}
     for impl in impls:  # each in a fresh process (see common.run_worker)
         log(f"{impl}")
         out = common.run_worker(Path(__file__), [
             "--time-worker", impl, "--batch", *args.batches, "--train-batch", args.train_batch,
             "--model", args.model, "--image-size", args.image_size, "--num-classes", args.num_classes,
-            "--repeat", repeat, "--threads", threads, "--backends", *backends], memory=False, log=log)
+            "--memory-batch", args.memory_batch, "--repeat", repeat, "--threads", threads,
+            "--backends", *backends] + (["--no-memory"] if args.no_memory else []), memory=False, log=log)
         rows += out["rows"]
         info.setdefault("workers", {})[impl] = out["info"]
-        if impl == TORCH:
+        gpu_mem.update(out.get("gpu_memory") or {})
+        if impl in TORCH_IMPLS:
             info.update({k: v for k, v in out["info"].items() if k.startswith("torch")})
+        if impl == TORCH:
             info["threads"]["torch"] = out["info"]["torch_threads"]
             agree = out["agreement"]
+        elif impl == TORCH_CUDA:
+            agree_gpu = out["agreement"]
     memory = None
-    if not args.no_memory and common.memory_supported():
-        memory = measure_memory(args, backends, with_torch, threads, log=log)
+    if not args.no_memory and common.memory_supported() and (
+            TORCH in torch_impls or any(b not in common.GPU_BACKENDS for b in backends)):
+        memory = measure_memory(args, backends, torch_impls, threads, log=log)
     info["load_after"] = common.load_average()
     info["numba_threading_layer"] = info.get("workers", {}).get("numba", {}).get("numba_threading_layer")
     result = {"kind": "net", "model": args.model, "input_shape": [3, args.image_size, args.image_size],
               "num_classes": args.num_classes, "batches": args.batches, "train_batch": args.train_batch,
               "memory_batch": args.memory_batch, "repeat": repeat, "quick": args.quick, "impls": impls,
               "backends": backends, "machine": info, "rows": rows, "memory": memory,
-              "agreement": agree,
+              "agreement": agree, "agreement_gpu": agree_gpu, "gpu_memory": gpu_mem or None,
               "gpu_note": None if any(b in common.GPU_BACKENDS for b in backends)
               else "no GPU backend ran (CuPy or a CUDA GPU missing): GPU rows skipped",
               "out_dir": args.out}

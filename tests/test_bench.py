@@ -121,6 +121,73 @@ def test_gpu_section_reads_gpu_results(tmp_path, common):
     assert "| conv1 | forward | 2.000 | 20.0x |" in text
 
 
+def _torch_cuda_available():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in zfraw.backends(), reason="needs CuPy and a CUDA GPU")
+def test_benches_on_the_gpu_on_tiny_sizes(tmp_path, common):
+    """Both scripts with the GPU backends (and torch-cuda where PyTorch sees the GPU):
+    rows for every impl, GPU allocator peaks, the GPU agreement check."""
+    gpu = [b for b in ("cupy", "cuda") if b in zfraw.backends()]
+    torch_cuda = _torch_cuda_available()
+    extra = ["--torch-devices", "cuda"] if torch_cuda else ["--no-torch"]
+    layers, net = _load("layers"), _load("net")
+    res = layers.main(["--model", "zfnet_mini", "--image-size", "24", "--batch", "2", "--repeat", "1",
+                       "--gemm-size", "256", "--backends", *gpu, "--out", str(tmp_path)] + extra, log=_quiet)
+    impls = gpu + (["torch-cuda"] if torch_cuda else [])
+    assert res["impls"] == impls and {r["impl"] for r in res["rows"]} == set(impls)
+    assert res["gemm"]["gpu"]["square"]["gflops"] > 0
+    assert all(v >= 0 for impl in impls for v in res["memory"]["2"][impl].values())
+    # pool1 of zfnet_mini at 24: (2, 32, 12, 12) -> (2, 32, 6, 6) values (float32) + switches (int64)
+    assert res["memory"]["2"]["cuda"]["pool1 pool"] >= 2 * 32 * 6 * 6 * (4 + 8)
+    res = net.main(["--model", "zfnet_mini", "--image-size", "32", "--num-classes", "5", "--batch", "2",
+                    "--train-batch", "2", "--memory-batch", "4", "--repeat", "1", "--backends", *gpu,
+                    "--out", str(tmp_path)] + extra, log=_quiet)
+    assert {r["impl"] for r in res["rows"]} == set(impls)
+    assert set(res["gpu_memory"]) >= {"cuda cache=False", "cuda cache=True"}
+    if torch_cuda:
+        assert res["agreement_gpu"] < 1e-4  # zfraw's cuda backend and cuDNN compute the same function
+        assert "cuda x vs torch-cuda" in next(tmp_path.glob("net-*.md")).read_text()
+
+
+def test_torch_columns_follow_the_backends(common):
+    assert common.torch_impls(None, ["numpy", "numba"]) == ["torch"]
+    assert common.torch_impls(None, ["numba", "cuda"]) == ["torch", "torch-cuda"]
+    assert common.torch_impls(["cuda"], ["cupy", "cuda"]) == ["torch-cuda"]
+    assert [common.reference_for(b) for b in ("numpy", "numba", "cupy", "cuda")] == \
+        ["torch", "torch", "torch-cuda", "torch-cuda"]
+    assert [common.timer_for(i) for i in ("numba", "torch", "cuda", "torch-cuda")] == \
+        [False, False, "cupy", "torch"]
+
+
+def test_net_markdown_compares_gpu_backends_with_torch_cuda(tmp_path, common):
+    """A GPU backend's speed-up column is against torch-cuda, a CPU backend's against torch."""
+    net = _load("net")
+    impls = ["numba", "cuda", "torch", "torch-cuda"]
+    rows = [{"task": "forward", "batch": 128, "impl": i, "median_ms": ms, "iqr_ms": 0.1, "images_per_s": 128e3 / ms}
+            for i, ms in zip(impls, (800.0, 10.0, 1000.0, 5.0))]
+    machine = {"cpu_model": "Some CPU", "cpu_count": 16, "gpu": "Some GPU", "numpy": "2", "date": "today",
+               "threads": {}}
+    result = {"kind": "net", "model": "zfnet", "input_shape": [3, 224, 224], "num_classes": 1000,
+              "batches": [128], "train_batch": 16, "memory_batch": 64, "repeat": 3, "impls": impls,
+              "backends": ["numba", "cuda"], "machine": machine, "rows": rows, "memory": None,
+              "gpu_memory": {"cuda cache=False": 3 * 2**20, "torch-cuda": 2 * 2**20},
+              "agreement": 1e-6, "agreement_gpu": 2e-6, "out_dir": str(tmp_path)}
+    (tmp_path / "net-some-cpu-16c-some-gpu-x.json").write_text(json.dumps(result))
+    text = net.markdown(result)
+    header = next(line for line in text.splitlines() if line.startswith("| task | batch | numba ms"))
+    assert "numba x vs torch |" in header and "cuda x vs torch-cuda |" in header
+    assert "| forward | 128 |" in text and "| 1.25x | 0.50x |" in text
+    assert "| cuda cache=False | 3 | 1.50x |" in text       # the GPU memory table
+    assert "| 10.00 | 5.00 | 80.0x | 100.0x | 160.0x | 200.0x |" in text  # CPU versus GPU, every pair
+
+
 # ============================================================== the memory method
 
 def test_peak_delta_sees_a_temporary(common):

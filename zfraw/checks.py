@@ -20,7 +20,7 @@ import numpy as np
 
 from zfraw import functional as F
 from zfraw import reference as R
-from zfraw.backend import to_device, to_host, use_backend
+from zfraw.backend import get_array_module, to_device, to_host, use_backend
 from zfraw.gradcheck import adjoint_error, check_gradient, check_gradient_directions, relative_error, tie_free
 
 __all__ = ["Check", "run_checks", "format_table", "TOLERANCE"]
@@ -180,7 +180,8 @@ def small_net(seed=0):
     net = nn.Sequential(layers, input_shape=(3, 9, 9), name="small")
     for name, p in net.parameters().items():  # positive biases keep most rectifiers open
         if name.endswith(".b"):
-            p[...] = 0.2 + 0.1 * np.random.default_rng(seed + 9).standard_normal(p.shape)
+            bias = 0.2 + 0.1 * np.random.default_rng(seed + 9).standard_normal(p.shape)
+            p[...] = get_array_module(p).asarray(bias)  # parameters live on the active backend
     return net.astype(np.float64)
 
 

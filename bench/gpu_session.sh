@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one go: install, the gpu-marked tests, the
+# whole suite, `zfraw check` on both GPU backends, and the GPU benches.
+#
+#   bash bench/gpu_session.sh [OUT_DIR] [STAGES...]
+#
+# STAGES (default: all): info tests suite check layers net (tests: the gpu-marked
+# tests alone; suite: every test, in 8 processes).  Each stage has its
+# own time limit, writes its log to OUT_DIR/<stage>.log and cannot stop the
+# stages after it; the bench results land in bench/results/ and are copied to
+# OUT_DIR.  Meant for a machine with CuPy and an NVIDIA GPU (and PyTorch, for
+# the torch columns).
+set -u
+out=${1:-${TMPDIR:-/tmp}/zfraw-gpu-session}; shift || true
+stages=${*:-info suite check layers net}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+$py -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
+
+stage() {  # stage NAME SECONDS CMD...
+    local name=$1 limit=$2; shift 2
+    echo "=== $name ($(date +%T), limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
+    tail -n "${TAIL:-15}" "$out/$name.log"
+}
+
+for s in $stages; do
+    case $s in
+    info)   stage info 60 bash -c "nvidia-smi; $py -c 'import cupy, numpy, zfraw; print(cupy.__version__, numpy.__version__, zfraw.backends()); cupy.show_config()'" ;;
+    tests)  stage tests 240 $py -m pytest -q -m gpu -rs -p no:cacheprovider ;;
+    suite)  stage suite 200 $py -m pytest -q -n 8 -rs -p no:cacheprovider ;;
+    check)  stage check 90 bash -c "$py -m zfraw check --backend cuda; $py -m zfraw check --backend cupy" ;;
+    layers) stage layers 200 $py bench/layers.py --backends cupy cuda --torch-devices cuda ${LAYERS_ARGS:-} ;;
+    net)    stage net 200 $py bench/net.py --backends numba cupy cuda ${NET_ARGS:-} ;;
+    *) echo "unknown stage $s"; exit 2 ;;
+    esac
+done
+# the results of this run, '+' in the names spelled '_' (some file transfers refuse '+')
+for f in $(find bench/results -newer "$out/install.log" -name '*.json' -o -newer "$out/install.log" -name '*.md'); do
+    b=$(basename "$f"); cp "$f" "$out/${b//+/_}"
+done
+true
