@@ -568,6 +568,48 @@ def has_gpu_rows(result):
     return any(r["impl"] in GPU_IMPLS for r in result.get("rows", []))
 
 
+def cpu_gpu_pairs(out_dir, kind):
+    """What the CPU-versus-GPU sections compare: [(gpu, cpu, same_machine)], each a
+    (path, result) pair.  Every result with GPU rows is paired with itself when it
+    has CPU columns too (measured side by side), else with the most complete (then
+    newest) result that has only CPU rows (another machine, most likely a
+    workstation without a GPU)."""
+    found = load_results(out_dir or RESULTS, kind)
+    cpu_only = [(p, r) for p, r in found.items() if not has_gpu_rows(r)]
+    # the most complete CPU result (a run of a few --cases covers little), the newest among equals
+    newest_cpu = max(cpu_only, key=lambda pr: (len({tuple(v for k, v in r.items() if k in ("layer", "op", "task"))
+                                                     for r in pr[1].get("rows", [])}),
+                                               pr[1].get("machine", {}).get("date", "")), default=None)
+    pairs = []
+    for path, res in found.items():
+        if not has_gpu_rows(res):
+            continue
+        if any(i not in GPU_IMPLS for i in res["impls"]):
+            pairs.append(((path, res), (path, res), True))
+        elif newest_cpu is not None:
+            pairs.append(((path, res), newest_cpu, False))
+    return pairs
+
+
+def pair_caption(gpu, cpu, same_machine):
+    """The sentence above one CPU-versus-GPU table."""
+    (gpu_path, g), (cpu_path, c) = gpu, cpu
+    if same_machine:
+        return (f"From `{Path(gpu_path).name}` ({g['machine'].get('gpu')} vs {g['machine']['cpu_model']}, "
+                f"{g['machine']['cpu_count']} CPUs); speed-up = CPU ms / GPU ms, measured side by side on that "
+                "machine.\n")
+    return (f"GPU from `{Path(gpu_path).name}` ({g['machine'].get('gpu')}), CPU from `{Path(cpu_path).name}` "
+            f"({c['machine']['cpu_model']}, {c['machine']['cpu_count']} CPUs): two machines and two runs, so "
+            "read the ratios as 'this workstation against that GPU', not as a controlled comparison; "
+            "speed-up = CPU ms / GPU ms.\n")
+
+
+NO_GPU_RESULT = ("No GPU result in bench/results yet (no `cupy`/`cuda` backend has run), so there is no "
+                 "CPU-versus-GPU table.  Run the script on a machine with CuPy and a CUDA GPU "
+                 "(`bash bench/gpu_session.sh` runs everything); its JSON lands beside this one and this "
+                 "section then compares them.\n")
+
+
 # ============================================================== Markdown
 
 def fmt(v, digits=1, suffix=""):
@@ -596,9 +638,10 @@ def machine_line(info):
         parts.append(f"GPU {info['gpu']} (CuPy {info.get('cupy')}, CUDA runtime {info.get('cuda_runtime')})")
     parts.append(f"numpy {info['numpy']}")
     if info.get("numba"):
-        parts.append(f"numba {info['numba']} ({t.get('numba')} threads, {info.get('numba_threading_layer')})")
+        layer = info.get("numba_threading_layer")
+        parts.append(f"numba {info['numba']} ({t.get('numba')} threads" + (f", {layer})" if layer else ")"))
     if info.get("torch"):
-        parts.append(f"torch {info['torch']} ({t.get('torch')} threads)")
+        parts.append(f"torch {info['torch']}" + (f" ({t['torch']} threads)" if t.get("torch") else ""))
     if info.get("torch_cudnn"):
         parts.append(f"torch-cuda: CUDA {info.get('torch_cuda')}, cuDNN {info['torch_cudnn']}, "
                      f"cudnn.benchmark {info.get('torch_cudnn_benchmark')}, TF32 {info.get('torch_tf32')}")

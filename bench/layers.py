@@ -7,7 +7,8 @@ For each layer of the model (ZFNet at 3x224x224 by default) and each batch
 size (1 and 16, plus 128 when a GPU backend runs):
 
 - conv1..conv5: forward, backward (dx, dw, db) and the C^T projection
-  (``conv_transpose2d``);
+  (``conv_transpose2d``); and im2col / col2im of their geometry on the whole
+  batch (against ``torch.nn.functional.unfold`` / ``fold``);
 - pool1, pool2, pool5: max-pooling with switches, and unpooling through them;
 - norm1, norm2: local response norm, forward and backward;
 - fc6..fc8: forward.
@@ -115,6 +116,27 @@ def conv_cases(name, layer, in_shape, n):
              lambda a: lambda: F.conv_transpose2d(a["dy"], a["w"], stride, pad, g, output_shape=(h, w)),
              lambda torch, t: lambda: torch.nn.functional.conv_transpose2d(
                  t["dy"], t["w"], None, stride, pad, out_pad, g)),
+    ] + unfold_cases(name, layer, in_shape, n)
+
+
+def unfold_cases(name, layer, in_shape, n):
+    """im2col and col2im of a Conv2d layer's geometry on the whole batch of ``n`` (one
+    call, no tiling), against ``torch.nn.functional.unfold`` / ``fold``, which use the
+    same column layout (N, C*kh*kw, Ho*Wo)."""
+    c, h, w = in_shape
+    (kh, kw), stride, pad = layer.geometry
+    ho, wo = F.conv_output_size(h, kh, stride[0], pad[0]), F.conv_output_size(w, kw, stride[1], pad[1])
+
+    def make(rng):
+        return {"x": _normal(rng, (n, c, h, w)), "cols": _normal(rng, (n, c * kh * kw, ho * wo))}
+
+    return [
+        Case(name, "im2col", "unfold", None, make,
+             lambda a: lambda: F.im2col(a["x"], kh, kw, stride, pad),
+             lambda torch, t: lambda: torch.nn.functional.unfold(t["x"], (kh, kw), 1, pad, stride)),
+        Case(name, "col2im", "unfold", None, make,
+             lambda a: lambda: F.col2im(a["cols"], (n, c, h, w), kh, kw, stride, pad),
+             lambda torch, t: lambda: torch.nn.functional.fold(t["cols"], (h, w), (kh, kw), 1, pad, stride)),
     ]
 
 
@@ -362,34 +384,30 @@ def _ratio(ref, r):
 
 
 def gpu_section(out_dir):
-    """CPU-vs-GPU speed-ups from every layers result in ``out_dir`` that has GPU rows."""
+    """CPU-vs-GPU speed-ups for every layers result in ``out_dir`` that has GPU rows
+    (see ``common.cpu_gpu_pairs`` for what each is compared with)."""
     lines = ["\n## CPU versus GPU\n"]
-    found = {p: r for p, r in common.load_results(out_dir or common.RESULTS, "layers").items()
-             if common.has_gpu_rows(r)}
-    if not found:
-        lines.append("No GPU result in bench/results yet (no `cupy`/`cuda` backend has run), so there is no "
-                     "CPU-versus-GPU table.  Run `python bench/layers.py` on a machine with CuPy and a CUDA GPU; "
-                     "its JSON lands beside this one and this section then compares them.\n")
-        return "\n".join(lines)
-    for path, res in found.items():
-        index = _row_index(res["rows"])
-        gpus = [i for i in res["impls"] if i in common.GPU_IMPLS]
-        cpus = [i for i in res["impls"] if i not in common.GPU_IMPLS]
-        if not cpus:
-            lines.append(f"`{Path(path).name}` ({res['machine'].get('gpu')}) has no CPU column to compare with.\n")
-            continue
-        lines.append(f"From `{Path(path).name}` ({res['machine'].get('gpu')} vs {res['machine']['cpu_model']}); "
-                     "speed-up = CPU ms / GPU ms, measured side by side on that machine.\n")
-        for batch in res["batches"]:
-            keys = [(r["layer"], r["op"]) for r in res["rows"] if r["batch"] == batch and r["impl"] == gpus[0]]
-            headers = ["layer", "op"] + [f"{g} ms" for g in gpus] + [f"{g} vs {c}" for g in gpus for c in cpus]
+    pairs = common.cpu_gpu_pairs(out_dir, "layers")
+    if not pairs:
+        lines.append(common.NO_GPU_RESULT)
+    for gpu, cpu, same in pairs:
+        (_, g), (_, c) = gpu, cpu
+        g_index, c_index = _row_index(g["rows"]), _row_index(c["rows"])
+        gpus = [i for i in g["impls"] if i in common.GPU_IMPLS]
+        cpus = [i for i in c["impls"] if i not in common.GPU_IMPLS]
+        lines.append(common.pair_caption(gpu, cpu, same))
+        for batch in [b for b in g["batches"] if b in c["batches"]]:
+            keys = [(r["layer"], r["op"]) for r in g["rows"] if r["batch"] == batch and r["impl"] == gpus[0]]
+            headers = ["layer", "op"] + [f"{i} ms" for i in gpus + cpus] + [f"{x} vs {y}" for x in gpus for y in cpus]
             table = []
             for layer, op in keys:
-                got = {i: index.get((batch, layer, op, i)) for i in res["impls"]}
-                table.append([layer, op] + [common.fmt(got[g]["median_ms"], 3) if got[g] else "-" for g in gpus]
-                             + [common.fmt(_ratio(got[c], got[g]), 1, "x") for g in gpus for c in cpus])
-            lines.append(f"\n### Batch {batch}\n")
-            lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)))
+                got = {i: g_index.get((batch, layer, op, i)) for i in gpus}
+                got.update({i: c_index.get((batch, layer, op, i)) for i in cpus})
+                table.append([layer, op] + [common.fmt(got[i]["median_ms"], 3) if got[i] else "-" for i in gpus + cpus]
+                             + [common.fmt(_ratio(got[y], got[x]), 1, "x") for x in gpus for y in cpus])
+            if table:
+                lines.append(f"\n### Batch {batch}\n")
+                lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)))
     return "\n".join(lines)
 
 

@@ -321,7 +321,7 @@ def markdown(result):
              "conv5 activation to the pixels vs PyTorch's gradient of that activation w.r.t. the input."
              + (f"  Outputs of the two networks agree to {result['agreement']:.1e} (max abs diff / max abs)."
                 if result.get("agreement") is not None else "")
-             + (f"  On the GPU (zfraw cuda vs torch-cuda) to {result['agreement_gpu']:.1e}."
+             + (f"  On the GPU, zfraw's cuda backend and torch-cuda agree to {result['agreement_gpu']:.1e}."
                 if result.get("agreement_gpu") is not None else "") + "\n"]
     headers = (["task", "batch"] + [f"{i} ms (IQR)" for i in impls] + [f"{i} images/s" for i in impls]
                + [f"{b} x vs {common.reference_for(b)}" for b in compared])
@@ -359,28 +359,29 @@ def markdown(result):
 
 
 def gpu_section(out_dir):
+    """CPU-vs-GPU speed-ups for every net result in ``out_dir`` that has GPU rows
+    (see ``common.cpu_gpu_pairs`` for what each is compared with)."""
     lines = ["\n## CPU versus GPU\n"]
-    found = {p: r for p, r in common.load_results(out_dir or common.RESULTS, "net").items() if common.has_gpu_rows(r)}
-    if not found:
-        lines.append("No GPU result in bench/results yet (no `cupy`/`cuda` backend has run), so there is no "
-                     "CPU-versus-GPU table.\n")
-        return "\n".join(lines)
-    for path, res in found.items():
-        gpus = [i for i in res["impls"] if i in common.GPU_IMPLS]
-        cpus = [i for i in res["impls"] if i not in common.GPU_IMPLS]
-        if not cpus:
-            lines.append(f"`{Path(path).name}` ({res['machine'].get('gpu')}) has no CPU column to compare with.\n")
-            continue
-        index = {(r["task"], r["batch"], r["impl"]): r for r in res["rows"]}
-        lines.append(f"From `{Path(path).name}` ({res['machine'].get('gpu')}); speed-up = CPU ms / GPU ms.\n")
+    pairs = common.cpu_gpu_pairs(out_dir, "net")
+    if not pairs:
+        lines.append(common.NO_GPU_RESULT)
+    for gpu, cpu, same in pairs:
+        (_, g), (_, c) = gpu, cpu
+        index = {(r["task"], r["batch"], r["impl"]): r for r in g["rows"] + ([] if same else c["rows"])}
+        gpus = [i for i in g["impls"] if i in common.GPU_IMPLS]
+        cpus = [i for i in c["impls"] if i not in common.GPU_IMPLS]
+        shared = [k for k in dict.fromkeys((r["task"], r["batch"]) for r in g["rows"])
+                  if any((*k, i) in index for i in cpus)]
+        lines.append(common.pair_caption(gpu, cpu, same))
         table = []
-        for task, batch in dict.fromkeys((r["task"], r["batch"]) for r in res["rows"]):
-            got = {i: index.get((task, batch, i)) for i in res["impls"]}
-            table.append([task, batch] + [common.fmt(got[g]["median_ms"], 2) if got[g] else "-" for g in gpus]
-                         + [common.fmt(got[c]["median_ms"] / got[g]["median_ms"], 1, "x") if got[c] and got[g]
-                            else "-" for g in gpus for c in cpus])
-        headers = ["task", "batch"] + [f"{g} ms" for g in gpus] + [f"{g} vs {c}" for g in gpus for c in cpus]
-        lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)))
+        for task, batch in shared:
+            got = {i: index.get((task, batch, i)) for i in gpus + cpus}
+            table.append([task, batch] + [common.fmt(got[i]["median_ms"], 2) if got[i] else "-" for i in gpus + cpus]
+                         + [common.fmt(got[y]["median_ms"] / got[x]["median_ms"], 1, "x") if got[x] and got[y]
+                            else "-" for x in gpus for y in cpus])
+        headers = ["task", "batch"] + [f"{i} ms" for i in gpus + cpus] + [f"{x} vs {y}" for x in gpus for y in cpus]
+        lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)) if table
+                     else "(no task and batch measured in both)\n")
     return "\n".join(lines)
 
 

@@ -104,7 +104,10 @@ def test_net_main_on_tiny_sizes(tmp_path, common):
     if common.memory_supported():
         mem = result["memory"]
         assert set(mem) >= {"numpy cache=False", "numpy cache=True"}
-        assert all(v > 0 for v in mem.values())
+        # >= 0, not > 0: a forward this small can fit in memory the process already
+        # holds (seen on a 16-core VM); the method itself is checked on sizes that
+        # cannot (test_layers_memory_worker_counts_outputs, test_peak_delta_sees_a_temporary)
+        assert all(isinstance(v, int) and v >= 0 for v in mem.values())
     text = next(tmp_path.glob("net-*.md")).read_text()
     assert "| forward | 2 |" in text and "No GPU result" in text
 
@@ -115,10 +118,28 @@ def test_gpu_section_reads_gpu_results(tmp_path, common):
     rows = [{"batch": 16, "layer": "conv1", "op": "forward", "impl": impl, "median_ms": ms}
             for impl, ms in (("numba", 40.0), ("cuda", 2.0))]
     fake = {"kind": "layers", "impls": ["numba", "cuda"], "batches": [16], "rows": rows,
-            "machine": {"gpu": "Some GPU", "cpu_model": "Some CPU"}}
+            "machine": {"gpu": "Some GPU", "cpu_model": "Some CPU", "cpu_count": 8}}
     (tmp_path / "layers-some-cpu-8c-some-gpu-numba+cuda.json").write_text(json.dumps(fake))
     text = layers.gpu_section(str(tmp_path))
-    assert "| conv1 | forward | 2.000 | 20.0x |" in text
+    assert "| conv1 | forward | 2.000 | 40.000 | 20.0x |" in text
+
+
+def test_gpu_only_result_is_compared_with_the_newest_cpu_result(tmp_path, common):
+    """A GPU run without CPU columns is set beside the newest CPU-only result, labelled as two machines."""
+    layers = _load("layers")
+
+    def result(impls, ms, date, gpu=None):
+        rows = [{"batch": 16, "layer": "pool1", "op": "pool", "impl": i, "median_ms": m} for i, m in zip(impls, ms)]
+        return {"kind": "layers", "impls": impls, "batches": [16, 128], "rows": rows,
+                "machine": {"gpu": gpu, "cpu_model": f"CPU of {date}", "cpu_count": 2, "date": date}}
+    for name, res in (("layers-old.json", result(["numba"], [99.0], "2026-01-01")),
+                      ("layers-new.json", result(["numba", "torch"], [6.0, 30.0], "2026-11-01")),
+                      ("layers-gpu.json", result(["cuda", "torch-cuda"], [0.1, 0.12], "2026-11-26", "Some GPU"))):
+        (tmp_path / name).write_text(json.dumps(res))
+    text = layers.gpu_section(str(tmp_path))
+    assert "two machines and two runs" in text and "CPU of 2026-11-01" in text and "99.000" not in text
+    assert "| pool1 | pool | 0.100 | 0.120 | 6.000 | 30.000 | 60.0x | 300.0x | 50.0x | 250.0x |" in text
+    assert "### Batch 16" in text and "### Batch 128" not in text  # no rows at 128: no table
 
 
 def _torch_cuda_available():
@@ -185,7 +206,9 @@ def test_net_markdown_compares_gpu_backends_with_torch_cuda(tmp_path, common):
     assert "numba x vs torch |" in header and "cuda x vs torch-cuda |" in header
     assert "| forward | 128 |" in text and "| 1.25x | 0.50x |" in text
     assert "| cuda cache=False | 3 | 1.50x |" in text       # the GPU memory table
-    assert "| 10.00 | 5.00 | 80.0x | 100.0x | 160.0x | 200.0x |" in text  # CPU versus GPU, every pair
+    # CPU versus GPU, side by side on one machine: every GPU impl against every CPU impl
+    assert "| forward | 128 | 10.00 | 5.00 | 800.00 | 1000.00 | 80.0x | 100.0x | 160.0x | 200.0x |" in text
+    assert "measured side by side on that machine" in text
 
 
 # ============================================================== the memory method
@@ -345,3 +368,17 @@ def test_pool_lanes_kernel_matches_numpy_bit_for_bit(kind, geo):
         cpu._empty = saved
     np.testing.assert_array_equal(y, y_ref)  # NaN == NaN here
     np.testing.assert_array_equal(s, s_ref)
+
+
+def test_render_rewrites_every_markdown_from_its_json(tmp_path, common):
+    """bench/render.py: each result's .md written again from the .json beside it."""
+    render = _load("render")
+    net = _load("net")
+    net.main(["--model", "zfnet_mini", "--image-size", "32", "--num-classes", "5", "--batch", "2",
+              "--train-batch", "2", "--repeat", "1", "--backends", "numpy", "--no-torch", "--no-memory",
+              "--out", str(tmp_path)], log=_quiet)
+    md = next(tmp_path.glob("net-*.md"))
+    original = md.read_text()
+    md.write_text("stale")
+    assert render.render(tmp_path, log=_quiet) == [md]
+    assert md.read_text() == original
