@@ -604,6 +604,20 @@ def pair_caption(gpu, cpu, same_machine):
             "speed-up = CPU ms / GPU ms.\n")
 
 
+def cpu_gpu_comparisons(out_dir, kind):
+    """The material of a "CPU versus GPU" section: [(caption, gpus, cpus, rows)], one
+    per pair of :func:`cpu_gpu_pairs` -- the GPU impls, the CPU impls, and the rows
+    of both (GPU rows from the GPU result, CPU rows from the CPU one)."""
+    out = []
+    for gpu, cpu, same in cpu_gpu_pairs(out_dir, kind):
+        (_, g), (_, c) = gpu, cpu
+        gpus = [i for i in g["impls"] if i in GPU_IMPLS]
+        cpus = [i for i in c["impls"] if i not in GPU_IMPLS]
+        rows = [r for r in g["rows"] if r["impl"] in gpus] + [r for r in c["rows"] if r["impl"] in cpus]
+        out.append((pair_caption(gpu, cpu, same), gpus, cpus, rows))
+    return out
+
+
 NO_GPU_RESULT = ("No GPU result in bench/results yet (no `cupy`/`cuda` backend has run), so there is no "
                  "CPU-versus-GPU table.  Run the script on a machine with CuPy and a CUDA GPU "
                  "(`bash bench/gpu_session.sh` runs everything); its JSON lands beside this one and this "

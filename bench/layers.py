@@ -387,27 +387,23 @@ def gpu_section(out_dir):
     """CPU-vs-GPU speed-ups for every layers result in ``out_dir`` that has GPU rows
     (see ``common.cpu_gpu_pairs`` for what each is compared with)."""
     lines = ["\n## CPU versus GPU\n"]
-    pairs = common.cpu_gpu_pairs(out_dir, "layers")
-    if not pairs:
+    comparisons = common.cpu_gpu_comparisons(out_dir, "layers")
+    if not comparisons:
         lines.append(common.NO_GPU_RESULT)
-    for gpu, cpu, same in pairs:
-        (_, g), (_, c) = gpu, cpu
-        g_index, c_index = _row_index(g["rows"]), _row_index(c["rows"])
-        gpus = [i for i in g["impls"] if i in common.GPU_IMPLS]
-        cpus = [i for i in c["impls"] if i not in common.GPU_IMPLS]
-        lines.append(common.pair_caption(gpu, cpu, same))
-        for batch in [b for b in g["batches"] if b in c["batches"]]:
-            keys = [(r["layer"], r["op"]) for r in g["rows"] if r["batch"] == batch and r["impl"] == gpus[0]]
+    for caption, gpus, cpus, rows in comparisons:
+        index = _row_index(rows)
+        lines.append(caption)
+        for batch in sorted({r["batch"] for r in rows if r["impl"] in gpus} & {r["batch"] for r in rows
+                                                                                 if r["impl"] in cpus}):
+            keys = [(r["layer"], r["op"]) for r in rows if r["batch"] == batch and r["impl"] == gpus[0]]
             headers = ["layer", "op"] + [f"{i} ms" for i in gpus + cpus] + [f"{x} vs {y}" for x in gpus for y in cpus]
             table = []
             for layer, op in keys:
-                got = {i: g_index.get((batch, layer, op, i)) for i in gpus}
-                got.update({i: c_index.get((batch, layer, op, i)) for i in cpus})
+                got = {i: index.get((batch, layer, op, i)) for i in gpus + cpus}
                 table.append([layer, op] + [common.fmt(got[i]["median_ms"], 3) if got[i] else "-" for i in gpus + cpus]
                              + [common.fmt(_ratio(got[y], got[x]), 1, "x") for x in gpus for y in cpus])
-            if table:
-                lines.append(f"\n### Batch {batch}\n")
-                lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)))
+            lines.append(f"\n### Batch {batch}\n")
+            lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)))
     return "\n".join(lines)
 
 

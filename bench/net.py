@@ -362,17 +362,14 @@ def gpu_section(out_dir):
     """CPU-vs-GPU speed-ups for every net result in ``out_dir`` that has GPU rows
     (see ``common.cpu_gpu_pairs`` for what each is compared with)."""
     lines = ["\n## CPU versus GPU\n"]
-    pairs = common.cpu_gpu_pairs(out_dir, "net")
-    if not pairs:
+    comparisons = common.cpu_gpu_comparisons(out_dir, "net")
+    if not comparisons:
         lines.append(common.NO_GPU_RESULT)
-    for gpu, cpu, same in pairs:
-        (_, g), (_, c) = gpu, cpu
-        index = {(r["task"], r["batch"], r["impl"]): r for r in g["rows"] + ([] if same else c["rows"])}
-        gpus = [i for i in g["impls"] if i in common.GPU_IMPLS]
-        cpus = [i for i in c["impls"] if i not in common.GPU_IMPLS]
-        shared = [k for k in dict.fromkeys((r["task"], r["batch"]) for r in g["rows"])
+    for caption, gpus, cpus, rows in comparisons:
+        index = {(r["task"], r["batch"], r["impl"]): r for r in rows}
+        shared = [k for k in dict.fromkeys((r["task"], r["batch"]) for r in rows if r["impl"] in gpus)
                   if any((*k, i) in index for i in cpus)]
-        lines.append(common.pair_caption(gpu, cpu, same))
+        lines.append(caption)
         table = []
         for task, batch in shared:
             got = {i: index.get((task, batch, i)) for i in gpus + cpus}
