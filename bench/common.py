@@ -618,6 +618,33 @@ def cpu_gpu_comparisons(out_dir, kind):
     return out
 
 
+def gpu_section(out_dir, kind, render):
+    """The "CPU versus GPU" section of a report: for each comparison of
+    :func:`cpu_gpu_comparisons`, its caption, then ``render(gpus, cpus, rows)`` (a
+    list of Markdown blocks: the script's own tables)."""
+    lines = ["\n## CPU versus GPU\n"]
+    comparisons = cpu_gpu_comparisons(out_dir, kind)
+    if not comparisons:
+        lines.append(NO_GPU_RESULT)
+    for caption, gpus, cpus, rows in comparisons:
+        lines.append(caption)
+        lines += render(gpus, cpus, rows)
+    return "\n".join(lines)
+
+
+def speedup_cells(got, gpus, cpus, digits):
+    """Table cells for one row: each impl's ms (GPU then CPU), then CPU ms / GPU ms
+    for every (GPU, CPU) pair; ``got`` maps impl -> row or None."""
+    ms = [fmt(got[i]["median_ms"], digits) if got[i] else "-" for i in gpus + cpus]
+    ratios = [fmt(got[y]["median_ms"] / got[x]["median_ms"], 1, "x") if got[x] and got[y] and got[x]["median_ms"]
+              else "-" for x in gpus for y in cpus]
+    return ms + ratios
+
+
+def speedup_headers(gpus, cpus):
+    return [f"{i} ms" for i in gpus + cpus] + [f"{x} vs {y}" for x in gpus for y in cpus]
+
+
 NO_GPU_RESULT = ("No GPU result in bench/results yet (no `cupy`/`cuda` backend has run), so there is no "
                  "CPU-versus-GPU table.  Run the script on a machine with CuPy and a CUDA GPU "
                  "(`bash bench/gpu_session.sh` runs everything); its JSON lands beside this one and this "

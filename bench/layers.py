@@ -385,26 +385,19 @@ def _ratio(ref, r):
 
 def gpu_section(out_dir):
     """CPU-vs-GPU speed-ups for every layers result in ``out_dir`` that has GPU rows
-    (see ``common.cpu_gpu_pairs`` for what each is compared with)."""
-    lines = ["\n## CPU versus GPU\n"]
-    comparisons = common.cpu_gpu_comparisons(out_dir, "layers")
-    if not comparisons:
-        lines.append(common.NO_GPU_RESULT)
-    for caption, gpus, cpus, rows in comparisons:
-        index = _row_index(rows)
-        lines.append(caption)
-        for batch in sorted({r["batch"] for r in rows if r["impl"] in gpus} & {r["batch"] for r in rows
-                                                                                 if r["impl"] in cpus}):
+    (see ``common.cpu_gpu_pairs`` for what each is compared with): a table per batch."""
+    def render(gpus, cpus, rows):
+        index, blocks = _row_index(rows), []
+        for batch in sorted({r["batch"] for r in rows if r["impl"] in gpus}
+                            & {r["batch"] for r in rows if r["impl"] in cpus}):
             keys = [(r["layer"], r["op"]) for r in rows if r["batch"] == batch and r["impl"] == gpus[0]]
-            headers = ["layer", "op"] + [f"{i} ms" for i in gpus + cpus] + [f"{x} vs {y}" for x in gpus for y in cpus]
-            table = []
-            for layer, op in keys:
-                got = {i: index.get((batch, layer, op, i)) for i in gpus + cpus}
-                table.append([layer, op] + [common.fmt(got[i]["median_ms"], 3) if got[i] else "-" for i in gpus + cpus]
-                             + [common.fmt(_ratio(got[y], got[x]), 1, "x") for x in gpus for y in cpus])
-            lines.append(f"\n### Batch {batch}\n")
-            lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)))
-    return "\n".join(lines)
+            table = [[layer, op] + common.speedup_cells({i: index.get((batch, layer, op, i)) for i in gpus + cpus},
+                                                        gpus, cpus, 3) for layer, op in keys]
+            headers = ["layer", "op"] + common.speedup_headers(gpus, cpus)
+            blocks += [f"\n### Batch {batch}\n", common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2))]
+        return blocks
+
+    return common.gpu_section(out_dir, "layers", render)
 
 
 # ============================================================== main

@@ -360,26 +360,19 @@ def markdown(result):
 
 def gpu_section(out_dir):
     """CPU-vs-GPU speed-ups for every net result in ``out_dir`` that has GPU rows
-    (see ``common.cpu_gpu_pairs`` for what each is compared with)."""
-    lines = ["\n## CPU versus GPU\n"]
-    comparisons = common.cpu_gpu_comparisons(out_dir, "net")
-    if not comparisons:
-        lines.append(common.NO_GPU_RESULT)
-    for caption, gpus, cpus, rows in comparisons:
+    (see ``common.cpu_gpu_pairs`` for what each is compared with): one table."""
+    def render(gpus, cpus, rows):
         index = {(r["task"], r["batch"], r["impl"]): r for r in rows}
         shared = [k for k in dict.fromkeys((r["task"], r["batch"]) for r in rows if r["impl"] in gpus)
                   if any((*k, i) in index for i in cpus)]
-        lines.append(caption)
-        table = []
-        for task, batch in shared:
-            got = {i: index.get((task, batch, i)) for i in gpus + cpus}
-            table.append([task, batch] + [common.fmt(got[i]["median_ms"], 2) if got[i] else "-" for i in gpus + cpus]
-                         + [common.fmt(got[y]["median_ms"] / got[x]["median_ms"], 1, "x") if got[x] and got[y]
-                            else "-" for x in gpus for y in cpus])
-        headers = ["task", "batch"] + [f"{i} ms" for i in gpus + cpus] + [f"{x} vs {y}" for x in gpus for y in cpus]
-        lines.append(common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2)) if table
-                     else "(no task and batch measured in both)\n")
-    return "\n".join(lines)
+        if not shared:
+            return ["(no task and batch measured in both)\n"]
+        table = [[task, batch] + common.speedup_cells({i: index.get((task, batch, i)) for i in gpus + cpus},
+                                                      gpus, cpus, 2) for task, batch in shared]
+        headers = ["task", "batch"] + common.speedup_headers(gpus, cpus)
+        return [common.markdown_table(headers, table, "ll" + "r" * (len(headers) - 2))]
+
+    return common.gpu_section(out_dir, "net", render)
 
 
 # ============================================================== main

@@ -37,14 +37,6 @@ def _quiet(*args, **kwargs):
     pass
 
 
-def _torch_available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # ============================================================== the scripts run
 
 def test_layers_main_on_tiny_sizes(tmp_path, common):
@@ -56,7 +48,7 @@ def test_layers_main_on_tiny_sizes(tmp_path, common):
                      "pool5 unpool", "norm1 forward", "norm2 backward", "fc6 forward", "fc8 forward"}
     keys = {f"{r['layer']} {r['op']}" for r in result["rows"]}
     assert expected_keys <= keys
-    impls = cpu + (["torch"] if _torch_available() else [])
+    impls = cpu + (["torch"] if common.torch_installed() else [])
     assert result["impls"] == impls
     assert len(result["rows"]) == len(keys) * len(impls)  # every case on every impl
     for r in result["rows"]:
@@ -97,9 +89,9 @@ def test_net_main_on_tiny_sizes(tmp_path, common):
                        "--train-batch", "2", "--memory-batch", "4", "--repeat", "1", "--backends", "numpy",
                        "--out", str(tmp_path)], log=_quiet)
     tasks = {(r["task"], r["impl"]) for r in result["rows"]}
-    impls = ["numpy"] + (["torch"] if _torch_available() else [])
+    impls = ["numpy"] + (["torch"] if common.torch_installed() else [])
     assert tasks == {(t, i) for t in ("forward", "train_step", "project_conv5") for i in impls}
-    if _torch_available():
+    if common.torch_installed():
         assert result["agreement"] < 1e-4  # the PyTorch copy computes the same function
     if common.memory_supported():
         mem = result["memory"]

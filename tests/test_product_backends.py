@@ -53,7 +53,7 @@ def test_training_steps_match_numpy(backend, rng):
             params = {k: zfraw.to_host(v) for k, v in net.parameters().items()}
             state = opt.state_dict()
         results[name] = steps, params, state
-    (ref_steps, ref_params, ref_state), (steps, params, state) = results["numpy"], results[backend]
+    (ref_steps, ref_params, _), (steps, params, state) = results["numpy"], results[backend]
     for (ref_loss, ref_acc), (loss, acc) in zip(ref_steps, steps):
         assert abs(loss - ref_loss) <= 1e-4 * max(1.0, abs(ref_loss)) and acc == ref_acc
     for k in ref_params:

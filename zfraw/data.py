@@ -680,12 +680,7 @@ class Batches:
                  skip_bad=None):
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise TypeError(f"dataset: expected a sequence of (image, label), got {type(dataset).__name__}")
-        try:
-            self.batch_size = operator.index(batch_size)
-        except TypeError:
-            raise TypeError(f"batch_size: expected an int, got {type(batch_size).__name__}") from None
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        self.batch_size = int_arg("batch_size", batch_size, 1)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform: expected a callable, got {type(transform).__name__}")
         self.dataset = dataset

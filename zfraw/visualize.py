@@ -160,9 +160,7 @@ def grid(images, ncols, pad=2, background=(255, 255, 255)):
     """
     arrays = [_as_rgb_array(im, f"images[{i}]") for i, im in enumerate(images)]
     ncols = int_arg("ncols", ncols, 1)
-    pad = operator.index(pad)
-    if pad < 0:
-        raise ValueError(f"pad: expected >= 0, got {pad}")
+    pad = int_arg("pad", pad, 0)
     if not arrays:
         raise ValueError("images: expected at least one image")
     ncols = min(ncols, len(arrays))
