@@ -21,15 +21,15 @@ never look at which backend runs: parameters are arrays of the active backend
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
 
 from zfraw import functional as F
 from zfraw.backend import get_backend, to_host
+from zfraw.io import npz
+from zfraw.io.npz import atomic_savez, atomic_write, read_meta  # noqa: F401  (public here too)
 
 __all__ = [
     "Layer", "Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm", "Linear", "Dropout",
@@ -507,18 +507,14 @@ class Sequential:
     def save(self, path, **extra):
         """Write the architecture and parameters to ``path`` (.npz), atomically.
 
-        ``extra`` arrays or JSON-able values (class names, training metadata) are stored too.
+        ``extra`` arrays or JSON-able values (class names, training metadata) are
+        stored too (format: :mod:`zfraw.io.npz`).
         """
-        meta = {"spec": self.spec(), "extra": {k: v for k, v in extra.items() if not hasattr(v, "shape")}}
-        arrays = {k: np.asarray(v) for k, v in extra.items() if hasattr(v, "shape")}
-        arrays.update(self.state_dict())
-        arrays["__zfraw__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        atomic_savez(path, arrays)
-        return path
+        return npz.write(path, self.spec(), self.state_dict(), extra=extra)
 
-    def load(self, path, strict=True):
+    def load(self, path, strict=True, allow_float16=False):
         """Load parameters saved by :meth:`save` (or any .npz of ``"layer.param"`` arrays)."""
-        return self.load_state_dict(_read_state(path), strict=strict)
+        return self.load_state_dict(npz.read(path, allow_float16=allow_float16).params, strict=strict)
 
     def summary(self, input_shape=None):
         """Rows (name, type, output shape, parameter count) for one image of ``input_shape``."""
@@ -543,74 +539,24 @@ class Sequential:
         return f"Sequential(\n{inner}\n)"
 
 
-def atomic_write(path, write, suffix=".tmp"):
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
+def load(path, allow_float16=False):
+    """Rebuild a network (architecture and weights) from a file written by :meth:`Sequential.save`.
 
-    A failure leaves no partial file (and an existing ``path`` untouched).
+    The file is checked when it is read (:func:`zfraw.io.npz.read`): anything but a
+    zfraw ``.npz`` is a ValueError naming the file; parameters must be float32 or
+    float64 (float16 only with ``allow_float16=True``, cast to float32).  The
+    network takes the saved dtype when all parameters share one.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=directory)
+    contents = npz.read(path, allow_float16=allow_float16, require_meta=True)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a new file's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_savez(path, arrays):
-    """np.savez to a temporary file beside ``path``, then rename: never a half-written file."""
-    if not os.fspath(path).endswith(".npz"):
-        raise ValueError(f"path must end in .npz, got {path!r}")
-    return atomic_write(path, lambda fh: np.savez(fh, **arrays), suffix=".npz.tmp")
-
-
-def _umask():
-    """The process's file-creation mask (read by setting it and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _is_parameter(key):
-    """A ``"layer.param"`` key (not metadata, not a checkpoint's ``"velocity/..."``)."""
-    return "." in key and not key.startswith(("__", "velocity/"))
-
-
-def _read_state(path):
-    """The ``"layer.param"`` arrays of a .npz file, by name."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files if _is_parameter(k)}
-
-
-def read_meta(path):
-    """The metadata a :meth:`Sequential.save` file carries ({'spec':..., 'extra':...}).
-
-    ``extra`` holds the JSON values and the arrays that were passed to ``save``.
-    """
-    with np.load(path) as data:
-        if "__zfraw__" not in data.files:
-            raise ValueError(f"{path} was not written by zfraw (it has no architecture record)")
-        meta = json.loads(bytes(data["__zfraw__"]).decode())
-        arrays = {k: data[k] for k in data.files if "." not in k and not k.startswith("__")}
-    if arrays:
-        meta.setdefault("extra", {}).update(arrays)
-    return meta
-
-
-def load(path):
-    """Rebuild a network (architecture and weights) from a file written by :meth:`Sequential.save`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file {path!r} does not exist")
-    net = Sequential.from_spec(read_meta(path)["spec"])
-    state = _read_state(path)
+        net = Sequential.from_spec(contents.spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{os.fspath(path)!r}: its architecture record cannot be rebuilt: {exc}") from None
+    state = contents.params
     dtypes = {v.dtype for v in state.values()}
     if len(dtypes) == 1:  # the layers are built float32: keep the saved dtype (e.g. float64)
         net.astype(dtypes.pop())
-    return net.load_state_dict(state)
+    try:
+        return net.load_state_dict(state)
+    except ValueError as exc:
+        raise ValueError(f"{os.fspath(path)!r}: {exc}") from None
