@@ -149,7 +149,7 @@ def _pooled_side(layers, size):
         if isinstance(layer, Conv2d):
             size = conv_output_size(size, layer.kernel_size[0], layer.stride[0], layer.pad[0], lname)
         elif isinstance(layer, MaxPool2d):
-            size = pool_output_size(size, layer.size[0], layer.stride[0], layer.pad[0], layer.ceil_mode, lname)
+            size = pool_output_size(size, layer.size[0], layer.stride[0], layer.padding[:2], layer.ceil_mode, lname)
     return size
 
 

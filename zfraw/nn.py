@@ -176,14 +176,23 @@ class ReLU(Layer):
 
 
 class MaxPool2d(Layer):
-    """Max-pooling that keeps its switches; backward and projection unpool through them."""
+    """Max-pooling that keeps its switches; backward and projection unpool through them.
+
+    ``pad`` is an int, (ph, pw) or per side (top, bottom, left, right) (see
+    :func:`zfraw.functional.max_pool2d`); ``self.pad`` keeps the pair form when the
+    padding is symmetric, and ``self.padding`` is always (top, bottom, left, right).
+    """
 
     def __init__(self, size, stride=None, pad=0, ceil_mode=False):
         super().__init__()
         self.size = F._pair("size", size, 1)
         self.stride = self.size if stride is None else F._pair("stride", stride, 1)
-        self.pad, self.ceil_mode = F._pair("pad", pad, 0), bool(ceil_mode)
-        self.geometry = (self.size, self.stride, self.pad)
+        self.padding = F.pool_padding(pad)
+        top, bottom, left, right = self.padding
+        self.pad = (top, left) if (top, left) == (bottom, right) else self.padding
+        self.ceil_mode = bool(ceil_mode)
+        # the window offsets (top, left) place the windows; the far pads only add -inf
+        self.geometry = (self.size, self.stride, (top, left))
         self._cache_switches = None
         self._cache_shape = None
 
