@@ -33,7 +33,7 @@ from zfraw.io.npz import atomic_savez, atomic_write, read_meta  # noqa: F401  (p
 
 __all__ = [
     "Layer", "Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm", "Linear", "Dropout",
-    "Flatten", "Sequential", "load", "LAYER_TYPES",
+    "Flatten", "Softmax", "Normalize", "Sequential", "load", "LAYER_TYPES",
 ]
 
 
@@ -98,7 +98,10 @@ class Layer:
 
 
 def _normal(rng, shape, std, dtype):
-    """N(0, std^2) weights; ``std="he"`` means sqrt(2 / fan_in) (He et al. 2015)."""
+    """N(0, std^2) weights; ``std="he"`` means sqrt(2 / fan_in) (He et al. 2015);
+    ``std=None``: zeros, no draw (for loaders, which set the weights next)."""
+    if std is None:
+        return np.zeros(shape, dtype)
     if std == "he":
         std = (2.0 / float(np.prod(shape[1:]))) ** 0.5
     elif isinstance(std, str) or not std > 0:
@@ -328,7 +331,78 @@ class Flatten(Layer):
         return self.backward(s)
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, ReLU, MaxPool2d, LocalResponseNorm, Linear, Dropout, Flatten)}
+class Softmax(Layer):
+    """p = softmax(z) over the last axis (N, K), as a layer so that an imported
+    network's output matches the file's probabilities.
+
+    backward is the exact adjoint of its Jacobian, dz = p * (dp - sum_k dp_k p_k);
+    projection (every rule) takes the same adjoint.  To train, leave it out and use
+    :func:`zfraw.functional.cross_entropy` on the scores.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._cache_p = None
+
+    def forward(self, x):
+        p = F.softmax(x)
+        self._store(p=p)
+        return p
+
+    def backward(self, dy):
+        p = self._need(self._cache_p, "backward")
+        return p * (dy - (dy * p).sum(axis=-1, keepdims=True))
+
+    def project(self, s, rule="deconvnet"):
+        return self.backward(s)
+
+
+class Normalize(Layer):
+    """An imported network's input preprocessing as a layer (no parameters).
+
+    x (N, 3, H, W) = pixels / 255 in RGB, as every zfraw model takes it ->
+    ``y[:, c] = (x[:, order[c]] * scale - mean[c]) / std[c]``, where ``order`` is
+    (0, 1, 2) for ``"RGB"`` and (2, 1, 0) for ``"BGR"``
+    (see :class:`zfraw.io.preprocess.Preprocessing`).  It is affine, so backward
+    and projection (every rule) apply its linear part transposed:
+    ``dx[:, order[c]] = dy[:, c] * scale / std[c]``, which carries a deconvnet
+    projection back into RGB pixel space.
+    """
+
+    def __init__(self, channel_order="RGB", scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        super().__init__()
+        from zfraw.io.preprocess import Preprocessing
+
+        checked = Preprocessing(channel_order, scale, mean, std)  # validates
+        self.channel_order, self.scale = checked.channel_order, checked.scale
+        self.mean, self.std = checked.mean, checked.std
+        self.order = [2, 1, 0] if self.channel_order == "BGR" else [0, 1, 2]
+
+    def config(self):
+        return dict(channel_order=self.channel_order, scale=self.scale, mean=list(self.mean), std=list(self.std))
+
+    def _coefficients(self, like):
+        xp = get_backend().xp
+        gain = xp.asarray([self.scale / s for s in self.std], dtype=like.dtype).reshape(1, 3, 1, 1)
+        shift = xp.asarray([m / s for m, s in zip(self.mean, self.std)], dtype=like.dtype).reshape(1, 3, 1, 1)
+        return gain, shift
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must be (N, 3, H, W) RGB images, got shape {tuple(x.shape)}")
+        gain, shift = self._coefficients(x)
+        return x[:, self.order] * gain - shift
+
+    def backward(self, dy):
+        gain, _ = self._coefficients(dy)
+        return (dy * gain)[:, self.order]  # order is its own inverse
+
+    def project(self, s, rule="deconvnet"):
+        return self.backward(s)
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, ReLU, MaxPool2d, LocalResponseNorm, Linear, Dropout,
+                                             Flatten, Softmax, Normalize)}
 
 
 class Sequential:
@@ -341,7 +415,7 @@ class Sequential:
     Parameters are named ``"<layer>.<param>"`` (``"conv1.w"``, ``"conv1.b"``).
     """
 
-    def __init__(self, layers, input_shape=None, name="net"):
+    def __init__(self, layers, input_shape=None, name="net", preprocessing=None):
         if isinstance(layers, dict):
             layers = list(layers.items())
         self.layers = OrderedDict()
@@ -358,6 +432,11 @@ class Sequential:
             self.layers[lname] = layer
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self.name = name
+        #: the :class:`zfraw.io.preprocess.Preprocessing` an imported network expects (None:
+        #: zfraw's own convention, pixels / 255 minus the saved mean); saved in the spec
+        from zfraw.io.preprocess import Preprocessing
+
+        self.preprocessing = Preprocessing.from_dict(preprocessing)
         self.activations = OrderedDict()
 
     # --- access
@@ -501,8 +580,11 @@ class Sequential:
     # --- architecture and files
     def spec(self):
         """A JSON-able description that rebuilds the architecture (see :func:`load`)."""
-        return dict(name=self.name, input_shape=self.input_shape,
+        spec = dict(name=self.name, input_shape=self.input_shape,
                     layers=[[lname, type(layer).__name__, layer.config()] for lname, layer in self.layers.items()])
+        if self.preprocessing is not None:
+            spec["preprocessing"] = self.preprocessing.to_dict()
+        return spec
 
     @classmethod
     def from_spec(cls, spec):
@@ -510,8 +592,11 @@ class Sequential:
         for lname, type_name, config in spec["layers"]:
             if type_name not in LAYER_TYPES:
                 raise ValueError(f"unknown layer type {type_name!r} for layer {lname!r}")
+            if type_name in ("Conv2d", "Linear"):  # the weights come next: skip the random draw
+                config = dict(config, init_std=None)
             layers.append((lname, LAYER_TYPES[type_name](**config)))
-        return cls(layers, input_shape=spec.get("input_shape"), name=spec.get("name", "net"))
+        return cls(layers, input_shape=spec.get("input_shape"), name=spec.get("name", "net"),
+                   preprocessing=spec.get("preprocessing"))
 
     def save(self, path, **extra):
         """Write the architecture and parameters to ``path`` (.npz), atomically.
