@@ -8,7 +8,13 @@
 ``zfraw top9``     the top-9 activations of features over a dataset (PNGs)
 ``zfraw filters``  the layer-1 filters as a montage (a PNG)
 ``zfraw summary``  the architecture table of a model
+``zfraw import``   an ONNX model or a PyTorch state dict -> a zfraw .npz
+``zfraw predict``  the top-5 classes of an image
 =================  ==============================================================
+
+``project``, ``top9``, ``filters``, ``predict`` and ``summary`` take ``--model
+MODEL.onnx|.pth|.npz`` (an imported network, with the preprocessing it records or
+the ``--channel-order/--scale/--mean/--std/--input-size`` given) besides ``--weights``.
 
 Errors (a missing file, an unknown layer, a feature out of range) print one line
 and exit with status 2 (set ``ZFRAW_DEBUG=1`` for the traceback).
@@ -64,6 +70,118 @@ def _load_net(weights):
     mean = np.asarray(meta.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
     classes = meta.get("classes")
     return to_device(net), classes, mean
+
+
+ARCH_NAMES = ("zfnet", "alexnet", "alexnet_torchvision", "zfnet_mini")
+
+
+def _model_or_arch(text):
+    from zfraw.io.files import MODEL_SUFFIXES
+
+    if text in ARCH_NAMES or text.lower().endswith(MODEL_SUFFIXES):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(ARCH_NAMES)} or a model file "
+                                     f"({', '.join(MODEL_SUFFIXES)}), got {text!r}")
+
+
+def _add_model(p, arch_names=False):
+    p.add_argument("--model", default=None, metavar="MODEL", type=_model_or_arch if arch_names else str,
+                   help="an imported network: MODEL.onnx, MODEL.pth (see --arch) or a .npz from 'zfraw import'"
+                        + (", or an architecture name (zfnet, alexnet, alexnet_torchvision, zfnet_mini)"
+                           if arch_names else "") + "; default: --weights")
+    p.add_argument("--arch", default=None, help="the architecture of a .pth state dict (default alexnet_torchvision)")
+
+
+def _triple_arg(text):
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values
+
+
+def _add_preprocessing(p):
+    g = p.add_argument_group("preprocessing (overrides what the model records)")
+    g.add_argument("--channel-order", choices=["RGB", "BGR"], default=None, help="the network's channel order")
+    g.add_argument("--scale", type=float, choices=[1.0, 255.0], default=None,
+                   help="pixel range the network expects: 1 (0-1) or 255 (0-255)")
+    g.add_argument("--mean", type=_triple_arg, default=None, metavar="A,B,C",
+                   help="per-channel mean to subtract, in the network's channel order and scale")
+    g.add_argument("--std", type=_triple_arg, default=None, metavar="A,B,C", help="per-channel std to divide by")
+    g.add_argument("--input-size", type=int, default=None, help="side of the square input")
+    g.add_argument("--resize", type=int, default=None, help="shorter side before the centre crop")
+    g.add_argument("--preset", default=None,
+                   help="a named preprocessing: zfnet512, caffenet, bvlc_alexnet, alexnet_torchvision")
+
+
+def _preprocessing_from_args(args, net):
+    """The network's preprocessing with the command line's overrides (None: nothing known or given)."""
+    from zfraw.io.preprocess import Preprocessing, preset
+
+    prep = preset(args.preset) if getattr(args, "preset", None) else net.preprocessing
+    changes = {k: getattr(args, k, None) for k in ("channel_order", "scale", "mean", "std", "input_size", "resize")}
+    if any(v is not None for v in changes.values()):
+        if prep is None:
+            side = int(net.input_shape[-1]) if net.input_shape else 224
+            prep = Preprocessing(input_size=side, resize=side, name="custom")
+        if changes["input_size"] is not None and changes["resize"] is None:
+            changes["resize"] = max(prep.resize, changes["input_size"])
+        prep = prep.updated(**changes)
+    return prep
+
+
+def _open_model(args):
+    """(net, extra) from --model (a file) or --weights / the built-in model; the
+    command line's preprocessing applied."""
+    from zfraw import builtin, to_device
+    from zfraw.io import files
+
+    model = getattr(args, "model", None)
+    if model is None:
+        net, extra = (builtin.load_model() if args.weights is None else files.load_model(args.weights))
+        net = to_device(net)
+    else:
+        if getattr(args, "weights", None):
+            raise UsageError("give --model or --weights, not both")
+        try:
+            net, extra = files.load_model(model, arch=getattr(args, "arch", None))
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+    prep = _preprocessing_from_args(args, net)
+    if prep is not None:
+        net.preprocessing = prep
+    return net, extra
+
+
+def _images_net(args):
+    """(net, classes, mean, transform) ready for pictures: an imported network gets its
+    preprocessing as an ``input`` layer (it then takes pixels / 255 and needs no mean)."""
+    from zfraw import data
+    from zfraw.io import files
+
+    net, extra = _open_model(args)
+    if net.preprocessing is None and getattr(args, "model", None) is not None:
+        print("note: the model records no preprocessing; assuming RGB, 0-1, no mean "
+              "(give --preset or --channel-order/--scale/--mean/--std)", file=sys.stderr)
+    if net.preprocessing is not None:
+        prep = net.preprocessing
+        return files.for_images(net), extra.get("classes"), None, prep.transform()
+    mean = np.asarray(extra.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
+    side = _input_side(net)
+    return net, extra.get("classes"), mean, data.eval_transform(side, side, mean)
+
+
+def _check_output(path, suffix):
+    """An output path must end in ``suffix`` and lie in a writable folder (checked before any work)."""
+    if not path.endswith(suffix):
+        raise UsageError(f"output {path!r} must end in {suffix}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"output {path!r} is a folder")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {path!r}: the folder {folder!r} does not exist or is not writable")
 
 
 def _input_side(net):
@@ -161,10 +279,12 @@ def cmd_project(args):
 
     _select_backend(args.backend)
     img = data.load_image(args.image)
-    net, _, mean = _load_net(args.weights)
+    net, _, mean, transform = _images_net(args)
     net.check_layer(args.layer)
     side = _input_side(net)
-    x = data.eval_transform(max(side, min(img.shape[:2])) if args.no_resize else side, side, mean)(img)
+    if args.no_resize and mean is not None:
+        transform = data.eval_transform(max(side, min(img.shape[:2])), side, mean)
+    x = transform(img)
     from zfraw import to_device
 
     picture = visualize.project_image(net, to_device(x[None]), args.layer, feature=args.feature,
@@ -178,11 +298,9 @@ def cmd_top9(args):
     from zfraw import data, visualize
 
     _select_backend(args.backend)
-    net, _, mean = _load_net(args.weights)
+    net, _, mean, transform = _images_net(args)
     net.check_layer(args.layer)
-    side = _input_side(net)
     ds = _dataset(args.data, net, args.images)
-    transform = data.eval_transform(side, side, mean)
     figures = visualize.top9(net, ds, args.layer, args.features, transform, mean, progress=True)
     os.makedirs(args.output, exist_ok=True)
     for feature, picture in figures.items():
@@ -196,11 +314,13 @@ def cmd_filters(args):
     from zfraw import nn, to_host, visualize
 
     _select_backend(args.backend)
-    net, _, _ = _load_net(args.weights)
+    net, _ = _open_model(args)
     layer = args.layer or next((n for n, lyr in net if isinstance(lyr, nn.Conv2d)), None)
     if layer is None:
         raise UsageError("the model has no convolution layer")
     w = to_host(net[layer].params["w"])
+    if net.preprocessing is not None and net.preprocessing.channel_order == "BGR" and w.shape[1] == 3:
+        w = w[:, ::-1]  # show a BGR network's filters in RGB
     if w.shape[1] != 3:
         raise UsageError(f"layer {layer!r} does not see the RGB image (its filters have {w.shape[1]} channels)")
     _save_png(visualize.filters_image(w), args.output)
@@ -210,15 +330,63 @@ def cmd_filters(args):
 
 def cmd_summary(args):
     from zfraw import models, nn, visualize
+    from zfraw.io import files
 
-    if args.weights:
+    if args.model and args.model.lower().endswith(files.MODEL_SUFFIXES):
+        net, _ = _open_model(args)
+    elif args.weights:
         net = nn.load(args.weights)
     else:
-        net = models.build(args.model, **({"num_classes": args.classes} if args.classes else {}))
+        net = models.build(args.model or "zfnet", **({"num_classes": args.classes} if args.classes else {}))
     rows = visualize.architecture_table(net)
     print(visualize.format_table(rows))
     print(f"\n{net.num_parameters():,} parameters")
     return 0
+
+
+def cmd_import(args):
+    from zfraw import visualize
+    from zfraw.io import classes, files
+
+    _check_output(args.output, ".npz")
+    if not args.model.lower().endswith((".onnx", ".pth", ".pt")):
+        raise UsageError(f"MODEL {args.model!r} must be an ONNX model (.onnx) or a PyTorch state dict (.pth, .pt)")
+    t0 = time.perf_counter()
+    net, _ = _open_model(args)
+    print(f"{args.model}: {net.name}, {len(net)} layers, read in {time.perf_counter() - t0:.1f} s")
+    print(visualize.format_table(visualize.architecture_table(net)))
+    prep = net.preprocessing
+    print("preprocessing: " + (prep.describe() if prep else
+                               "unknown (give --preset or --channel-order/--scale/--mean/--std)"))
+    n_out = [lyr.out_features for _, lyr in net if hasattr(lyr, "out_features")]
+    names = classes.class_names(n_out[-1]) if n_out else None
+    net.save(args.output, **({"classes": names} if names else {}))
+    print(f"wrote {args.output} ({net.num_parameters():,} parameters)")
+    return 0
+
+
+def cmd_predict(args):
+    from zfraw import data, functional as F, nn, to_device, to_host
+    from zfraw.io import classes
+
+    _select_backend(args.backend)
+    img = data.load_image(args.image)
+    net, names, _, transform = _images_net(args)
+    x = to_device(transform(img)[None].astype(_net_dtype(net)))
+    scores = net.forward(x, keep=False, cache=False)
+    probs = scores if isinstance(list(net.layers.values())[-1], nn.Softmax) else F.softmax(scores)
+    probs = np.asarray(to_host(probs))[0]
+    names = classes.class_names(len(probs), names)
+    top = np.argsort(-probs, kind="stable")[:args.top]
+    print(f"{args.image}: top {len(top)} of {len(probs)} classes ({net.name})")
+    for rank, k in enumerate(top, start=1):
+        print(f"{rank:3d}. {probs[k]:7.2%}  {names[k]}  (class {k})")
+    return 0
+
+
+def _net_dtype(net):
+    params = list(net.parameters().values())
+    return params[0].dtype if params else np.float32
 
 
 def _save_png(picture, path):
@@ -281,7 +449,7 @@ def build_parser():
     s.add_argument("--rule", default="deconvnet", choices=["deconvnet", "guided", "backprop"])
     s.add_argument("-o", "--output", default="projection.png")
     s.add_argument("--no-resize", action="store_true", help=argparse.SUPPRESS)
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_model(s), _add_preprocessing(s), _add_backend(s)
     s.set_defaults(func=cmd_project)
 
     s = sub.add_parser("top9", help="top-9 activations of features over a dataset, projected")
@@ -290,20 +458,32 @@ def build_parser():
     s.add_argument("--features", type=_feature_list, default=None, help="comma-separated (default: the most active)")
     s.add_argument("--images", type=int, default=1000, help="--builtin: images to search (default 1000)")
     s.add_argument("-o", "--output", default="top9", help="output folder")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_model(s), _add_preprocessing(s), _add_backend(s)
     s.set_defaults(func=cmd_top9)
 
     s = sub.add_parser("filters", help="the first layer's filters as a picture")
     s.add_argument("--layer", default=None, help="a conv layer on the image (default: the first)")
     s.add_argument("-o", "--output", default="filters.png")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_model(s), _add_backend(s)
     s.set_defaults(func=cmd_filters)
 
     s = sub.add_parser("summary", help="the architecture table of a model")
-    s.add_argument("--model", default="zfnet", choices=["zfnet", "alexnet", "zfnet_mini"])
     s.add_argument("--classes", type=int, default=None)
-    _add_weights(s)
+    _add_weights(s), _add_model(s, arch_names=True)
     s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("import", help="convert an ONNX model or a PyTorch state dict to a zfraw .npz")
+    s.add_argument("model", metavar="MODEL", help="MODEL.onnx or MODEL.pth")
+    s.add_argument("--arch", default=None, help="the architecture of a .pth (default alexnet_torchvision)")
+    s.add_argument("-o", "--output", required=True, help="the zfraw weights file to write (.npz)")
+    _add_preprocessing(s)
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("predict", help="the top-5 classes of an image")
+    s.add_argument("image")
+    s.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+    _add_weights(s), _add_model(s), _add_preprocessing(s), _add_backend(s)
+    s.set_defaults(func=cmd_predict)
     return p
 
 

@@ -650,8 +650,11 @@ def _describe(layer):
         return s + (f" groups {layer.groups}" if layer.groups > 1 else "")
     if layer.geometry is not None:  # pooling
         (kh, kw), (sh, sw), (ph, pw) = layer.geometry
-        s = f"{kh}x{kw}/{sh}" + (f" pad {ph}" if ph else "")
-        return s + (" ceil" if cfg.get("ceil_mode") else "")
+        sides = getattr(layer, "padding", (ph, ph, pw, pw))
+        pad = f" pad {ph}" if ph else ""
+        if len(set(sides)) > 1:  # per side: (top, bottom, left, right)
+            pad = " pad " + ",".join(map(str, sides))
+        return f"{kh}x{kw}/{sh}{pad}" + (" ceil" if cfg.get("ceil_mode") else "")
     if isinstance(layer, Linear):
         return str(layer.out_features)
     if "p" in cfg:
