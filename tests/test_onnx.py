@@ -265,3 +265,87 @@ def test_preprocessing_can_be_given_and_is_recorded(tmp_path):
     y = layer.forward(x)
     np.testing.assert_allclose(y[0, 0], (x[0, 0] - 0.485) / 0.229, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y, net.preprocessing.apply_chw(x[0])[None], rtol=1e-6, atol=1e-6)
+
+
+# ============================================================== the commands
+
+def _photo(path, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray((rng.random((240, 320, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_import_and_predict_commands_follow_the_file(tmp_path, capsys):
+    """`zfraw import` prints the layer table and the preprocessing and writes a .npz; `zfraw
+    predict` gives the top-5 that onnxruntime gives on the image preprocessed as recorded."""
+    from zfraw import cli, data
+    from zfraw.io.classes import imagenet_classes
+    from zfraw.io.preprocess import PRESETS
+
+    model = layouts.zfnet512(9, width=1 / 32, seed=11)
+    path = _save(model, tmp_path, "zfnet512-layout.onnx")
+    out = tmp_path / "zf.npz"
+    assert cli.main(["import", str(path), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "conv5" in printed and "fc8" in printed and "prob" in printed
+    assert "preprocessing: zfnet512: BGR, 0-255, mean (104.007, 116.669, 122.679)" in printed
+    saved = nn.load(out)
+    assert saved.preprocessing == PRESETS["zfnet512"] and nn.read_meta(out)["extra"]["classes"][281] == "tabby"
+
+    photo = _photo(tmp_path / "photo.jpg")
+    x = PRESETS["zfnet512"].apply(data.load_image(str(photo)))
+    (probs,) = _ort_outputs(model, x[None])
+    top = np.argsort(-probs[0])[:5]
+    for source in (["--model", str(path)], ["--weights", str(out)]):
+        assert cli.main(["predict", str(photo), *source]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()[1:]
+        assert [int(line.rsplit("class ", 1)[1].rstrip(")")) for line in lines] == list(top)
+        assert imagenet_classes()[top[0]] in lines[0]
+        assert f"{probs[0, top[0]]:7.2%}" in lines[0]
+
+
+def test_visual_commands_take_an_imported_model(tmp_path, capsys):
+    from zfraw import cli
+
+    path = _save(layouts.zfnet512(9, width=1 / 32, seed=12), tmp_path, "z.onnx")
+    photo = _photo(tmp_path / "photo.jpg", 1)
+    assert cli.main(["project", str(photo), "--model", str(path), "--layer", "conv5",
+                     "-o", str(tmp_path / "p.png")]) == 0
+    assert cli.main(["filters", "--model", str(path), "-o", str(tmp_path / "f.png")]) == 0
+    assert cli.main(["summary", "--model", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "pool5" in printed
+    assert (tmp_path / "p.png").stat().st_size > 0 and (tmp_path / "f.png").stat().st_size > 0
+    # overrides on the command line replace what the file records
+    assert cli.main(["import", str(path), "-o", str(tmp_path / "o.npz"), "--channel-order", "RGB",
+                     "--scale", "1", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]) == 0
+    assert "custom: RGB, 0-1, mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25)" in capsys.readouterr().out
+    assert nn.load(tmp_path / "o.npz").preprocessing.std == (0.25, 0.25, 0.25)
+
+
+def test_import_errors_are_one_line_with_status_2(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from zfraw import cli
+
+    truncated = tmp_path / "bad.onnx"
+    truncated.write_bytes(_save(layouts.zfnet512(9, width=1 / 32), tmp_path, "g.onnx").read_bytes()[:3000])
+    run = subprocess.run([sys.executable, "-m", "zfraw", "import", str(truncated), "-o", str(tmp_path / "w.npz")],
+                         capture_output=True, text=True, env=dict(os.environ, ZFRAW_DEBUG=""))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert str(truncated) in run.stderr and "not an ONNX model" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    cases = [(["import", str(tmp_path / "g.onnx"), "-o", str(tmp_path / "w.txt")], "must end in .npz"),
+             (["import", str(tmp_path / "w.npz"), "-o", str(tmp_path / "w2.npz")], "must be an ONNX model"),
+             (["import", str(tmp_path / "g.onnx"), "-o", str(tmp_path / "nodir" / "w.npz")], "not writable"),
+             (["predict", str(tmp_path / "nophoto.jpg"), "--model", str(tmp_path / "g.onnx")], "nophoto.jpg"),
+             (["predict", str(tmp_path / "nophoto.jpg"), "--model", str(tmp_path / "g.onnx"),
+               "--weights", "x.npz"], "not both")]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "w.npz").exists()

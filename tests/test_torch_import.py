@@ -115,3 +115,22 @@ def test_other_class_counts_come_from_the_classifier():
     model = TorchvisionAlexNet(num_classes=7)
     net = ztorch.load(model.state_dict())
     assert net["fc8"].out_features == 7
+
+
+def test_zfraw_import_of_a_pth(alexnet_pth, tmp_path, capsys):
+    from zfraw import cli
+
+    model, path = alexnet_pth
+    out = tmp_path / "alexnet.npz"
+    assert cli.main(["import", str(path), "--arch", "alexnet_torchvision", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "features" not in printed and "conv5" in printed and "fc8" in printed
+    assert "preprocessing: alexnet_torchvision: RGB, 0-1, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)" \
+        in printed
+    net = nn.load(out)  # the same weights as torch's (whose forward the first test compares)
+    state = model.state_dict()
+    for key, name in ztorch.ARCHS["alexnet_torchvision"][1].items():
+        np.testing.assert_array_equal(net[name].params["w"], state[key + ".weight"].numpy())
+        np.testing.assert_array_equal(net[name].params["b"], state[key + ".bias"].numpy())
+    assert cli.main(["import", str(path), "--arch", "vgg16", "-o", str(out)]) == 2
+    assert "arch must be one of ['alexnet_torchvision']" in capsys.readouterr().err

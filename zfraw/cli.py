@@ -132,19 +132,23 @@ def _preprocessing_from_args(args, net):
     return prep
 
 
+def _check_model_args(args):
+    if getattr(args, "model", None) is not None and getattr(args, "weights", None):
+        raise UsageError("give --model or --weights, not both")
+
+
 def _open_model(args):
     """(net, extra) from --model (a file) or --weights / the built-in model; the
     command line's preprocessing applied."""
     from zfraw import builtin, to_device
     from zfraw.io import files
 
+    _check_model_args(args)
     model = getattr(args, "model", None)
     if model is None:
         net, extra = (builtin.load_model() if args.weights is None else files.load_model(args.weights))
         net = to_device(net)
     else:
-        if getattr(args, "weights", None):
-            raise UsageError("give --model or --weights, not both")
         try:
             net, extra = files.load_model(model, arch=getattr(args, "arch", None))
         except ImportError as exc:
@@ -277,6 +281,7 @@ def _train_folder(args, backend):
 def cmd_project(args):
     from zfraw import data, visualize
 
+    _check_model_args(args)
     _select_backend(args.backend)
     img = data.load_image(args.image)
     net, _, mean, transform = _images_net(args)
@@ -369,6 +374,7 @@ def cmd_predict(args):
     from zfraw import data, functional as F, nn, to_device, to_host
     from zfraw.io import classes
 
+    _check_model_args(args)
     _select_backend(args.backend)
     img = data.load_image(args.image)
     net, names, _, transform = _images_net(args)

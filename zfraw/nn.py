@@ -604,7 +604,8 @@ class Sequential:
         ``extra`` arrays or JSON-able values (class names, training metadata) are
         stored too (format: :mod:`zfraw.io.npz`).
         """
-        return npz.write(path, self.spec(), self.state_dict(), extra=extra)
+        host = OrderedDict((k, to_host(v)) for k, v in self.parameters().items())  # no copies
+        return npz.write(path, self.spec(), host, extra=extra)
 
     def load(self, path, strict=True, allow_float16=False):
         """Load parameters saved by :meth:`save` (or any .npz of ``"layer.param"`` arrays)."""
@@ -648,7 +649,7 @@ def load(path, allow_float16=False):
         raise ValueError(f"{os.fspath(path)!r}: its architecture record cannot be rebuilt: {exc}") from None
     state = contents.params
     dtypes = {v.dtype for v in state.values()}
-    if len(dtypes) == 1:  # the layers are built float32: keep the saved dtype (e.g. float64)
+    if len(dtypes) == 1 and dtypes != {np.dtype(np.float32)}:  # layers are built float32: keep e.g. float64
         net.astype(dtypes.pop())
     try:
         return net.load_state_dict(state)
