@@ -7,14 +7,15 @@ same layout with ``onnx.helper``: the same ops, attributes, names and opset idio
 Dropout for the old opsets), random weights N(0, 1e-2) (He-scaled, so that the
 activations neither vanish nor explode) and optionally fewer channels::
 
-    python -m zfraw.io.layouts zfnet512 -o zfnet512-layout.onnx      # full size, ~330 MB
+    python -m zfraw.io.layouts zfnet512 -o zfnet512-layout.onnx      # full size, 365 MB
     python -m zfraw.io.layouts caffenet --width 0.25 -o caffenet-small.onnx
 
 ZFNet-512 as described for the Model Zoo's ``zfnet512-*.onnx``: input
 ``gpu_0/data_0`` (1, 3, 224, 224); conv1 96 7x7/2 -> relu -> LRN(5, 5e-4, 0.75, 2) ->
 max-pool 3x3/2 (109 -> 54); conv2 256 5x5/2 -> relu -> LRN -> pool (25 -> 12);
 conv3 512, conv4 1024, conv5 512 (3x3 pad 1) -> relu; pool 2x2/2 (-> 6); fc6 4096,
-fc7 4096, fc8 1000 (Dropout after fc6 and fc7); softmax.  CaffeNet: conv1 96
+fc7 1024, fc8 1000 (Dropout after fc6 and fc7); softmax -- 87 M parameters, 348 MiB
+in float32, as the Zoo's "about 340 MB" file.  CaffeNet: conv1 96
 11x11/4; max-pools 3x3/2 with bottom/right pads standing in for Caffe's ceil
 rounding; grouped conv2/4/5 (group 2); LRN(5, 1e-4, 0.75, 1) after the pool
 (``lrn_first=True``: before it, as BVLC AlexNet); fc7 as MatMul + Add.
@@ -95,7 +96,7 @@ def zfnet512(opset=9, width=1.0, classes=1000, seed=0, side=224):
     """
     rng = np.random.default_rng(seed)
     g = _Graph(opset, rng)
-    c1, c2, c3, c4, c5, f6, f7 = _widths((96, 256, 512, 1024, 512, 4096, 4096), width)
+    c1, c2, c3, c4, c5, f6, f7 = _widths((96, 256, 512, 1024, 512, 4096, 1024), width)
     p = "gpu_0/"
     x = p + "data_0"
     cin = 3
