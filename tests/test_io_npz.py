@@ -176,3 +176,13 @@ def test_writes_are_atomic_and_stale_temporaries_can_be_cleaned(tmp_path):
     assert not stale.exists() and other.exists()
     models.zfnet_mini(num_classes=2).save(path)
     assert sorted(os.listdir(tmp_path)) == ["keep.tmp", "m.npz"]
+
+
+def test_the_commands_say_a_weights_file_is_not_one(tmp_path, capsys):
+    from zfraw import cli
+
+    files = _foreign_files(tmp_path)
+    for kind in ("image", "truncated", "folder", "empty"):
+        assert cli.main(["filters", "--weights", str(files[kind]), "-o", str(tmp_path / "f.png")]) == 2
+        err = capsys.readouterr().err
+        assert "not a zfraw weights file" in err and EXPECTED[kind] in err and len(err.strip().splitlines()) == 1

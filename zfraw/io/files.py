@@ -21,7 +21,7 @@ INPUT_LAYER = "input"
 
 
 def load_model(path, arch=None, preprocessing=None):
-    """Read a network from a ``.npz``, ``.onnx`` or ``.pth``/``.pt`` file (evaluation mode).
+    """Read a network from a ``.onnx`` or ``.pth``/``.pt`` file, or zfraw's ``.npz`` (any other name).
 
     Returns ``(net, extra)``: ``extra`` is the ``.npz`` file's saved metadata
     (classes, mean, ...) and ``{}`` for the foreign formats.  ``arch`` names the
@@ -33,12 +33,10 @@ def load_model(path, arch=None, preprocessing=None):
 
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in MODEL_SUFFIXES:
-        raise ValueError(f"model file {path!r} must end in one of {', '.join(MODEL_SUFFIXES)}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file {path!r} does not exist")
     extra = {}
-    if suffix == ".npz":
+    if suffix not in (".onnx", ".pth", ".pt"):  # zfraw's own format (its reader says what else a file is)
         from zfraw import to_device
         from zfraw.io import npz
 
