@@ -10,6 +10,7 @@
 ``zfraw summary``  the architecture table of a model
 ``zfraw import``   an ONNX model or a PyTorch state dict -> a zfraw .npz
 ``zfraw predict``  the top-5 classes of an image
+``zfraw retrain``  keep a model's layers, retrain its last layer on a folder
 =================  ==============================================================
 
 ``project``, ``top9``, ``filters``, ``predict`` and ``summary`` take ``--model
@@ -370,6 +371,48 @@ def cmd_import(args):
     return 0
 
 
+def cmd_retrain(args):
+    """Feature generalization: freeze a model's layers, retrain the last one on a folder."""
+    from zfraw import data, transfer
+    from zfraw.io import files
+
+    _check_output(args.output, ".npz")
+    if not os.path.isdir(args.data):
+        raise UsageError(f"DATA {args.data!r} is not a folder of class folders")
+    if args.val is not None and not os.path.isdir(args.val):
+        raise UsageError(f"--val {args.val!r} is not a folder of class folders")
+    backend = _select_backend(args.backend)
+    ds = data.ImageFolder(args.data, skip_bad=True)
+    val = data.ImageFolder(args.val, skip_bad=True) if args.val else None
+    if val is not None and list(val.classes) != list(ds.classes):
+        raise UsageError(f"--val has classes {list(val.classes)} but DATA has {list(ds.classes)}")
+    if len(ds.classes) < 2:
+        raise UsageError(f"DATA {args.data!r} has {len(ds.classes)} class folder(s); at least 2 are needed")
+    if args.source == "builtin":
+        args.model, args.weights = None, None
+    else:
+        args.model, args.weights = args.source, None
+    net, extra = _open_model(args)
+    if net.preprocessing is not None:
+        prep = net.preprocessing
+        transform = prep.apply
+    else:
+        mean = np.asarray(extra.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
+        side = _input_side(net)
+        transform = data.eval_transform(side, side, mean)
+    t0 = time.perf_counter()
+    new, history = transfer.retrain_last_layer(net, ds, transform, len(ds.classes), layer=args.layer, val_set=val,
+                                               epochs=args.epochs, lr=args.lr, progress=True)
+    last = f"train acc {history.train_acc[-1]:.3f}" + (f", val acc {history.val_acc[-1]:.3f}" if val else "")
+    print(f"retrained {args.layer} on {len(ds)} images of {len(ds.classes)} classes in "
+          f"{time.perf_counter() - t0:.1f} s on backend {backend!r} ({last}); the other layers are unchanged")
+    new.save(args.output, classes=list(ds.classes),
+             **({"mean": extra["mean"].tolist() if hasattr(extra["mean"], "tolist") else extra["mean"]}
+                if "mean" in extra else {}))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_predict(args):
     from zfraw import data, functional as F, nn, to_device, to_host
     from zfraw.io import classes
@@ -484,6 +527,19 @@ def build_parser():
     s.add_argument("-o", "--output", required=True, help="the zfraw weights file to write (.npz)")
     _add_preprocessing(s)
     s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("retrain", help="keep a model's layers, retrain its last layer on a folder (paper 5.2)")
+    s.add_argument("data", metavar="DATA", help="a folder of class folders")
+    s.add_argument("--from", dest="source", default="builtin",
+                   help="the model whose layers are kept: MODEL.npz|.onnx|.pth or 'builtin' (default)")
+    s.add_argument("--arch", default=None, help="the architecture of a .pth (default alexnet_torchvision)")
+    s.add_argument("--layer", default="fc8", help="the fully connected layer to retrain (default fc8)")
+    s.add_argument("--val", default=None, help="a folder of class folders for validation (same classes)")
+    s.add_argument("--epochs", type=int, default=30, help="epochs over the cached features (default 30)")
+    s.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate, constant (default 1e-2)")
+    s.add_argument("-o", "--output", required=True, help="the retrained model (.npz)")
+    _add_preprocessing(s), _add_backend(s)
+    s.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("predict", help="the top-5 classes of an image")
     s.add_argument("image")
