@@ -406,9 +406,8 @@ def cmd_retrain(args):
     last = f"train acc {history.train_acc[-1]:.3f}" + (f", val acc {history.val_acc[-1]:.3f}" if val else "")
     print(f"retrained {args.layer} on {len(ds)} images of {len(ds.classes)} classes in "
           f"{time.perf_counter() - t0:.1f} s on backend {backend!r} ({last}); the other layers are unchanged")
-    new.save(args.output, classes=list(ds.classes),
-             **({"mean": extra["mean"].tolist() if hasattr(extra["mean"], "tolist") else extra["mean"]}
-                if "mean" in extra else {}))
+    kept = {"mean": np.asarray(extra["mean"]).tolist()} if "mean" in extra else {}
+    new.save(args.output, classes=list(ds.classes), **kept)
     print(f"wrote {args.output}")
     return 0
 
