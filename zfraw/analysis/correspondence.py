@@ -33,7 +33,7 @@ from zfraw.analysis.occlusion import as_images, fill_value
 from zfraw.backend import to_host
 from zfraw.nn import Sequential
 
-__all__ = ["correspondence", "sign_delta", "check_boxes", "random_boxes", "fill_boxes", "layer_features"]
+__all__ = ["correspondence", "part_correspondence", "sign_delta", "BUILTIN_PARTS", "BUILTIN_LAYERS", "check_boxes", "random_boxes", "fill_boxes", "layer_features"]
 
 #: images forwarded at once when the features are computed
 BATCH = 64
@@ -193,3 +193,51 @@ def correspondence(net, x, boxes, layers, *, fill=0.0, random_draws=10, seed=0):
             random_mean_per_pair=float(d.mean() / pairs), random_std_per_pair=float(d.std() / pairs),
             n=n, draws=d)
     return result
+
+
+#: the parts of the built-in dataset in the table of the report and the README: (class, part)
+BUILTIN_PARTS = (("face", "left_eye"), ("face", "right_eye"), ("face", "mouth"), ("car", "left_wheel"),
+                 ("house", "door"))
+
+#: the layers of that table: the output of the top conv layer's block (conv5, ReLU, pool5) and of fc7
+#: after its ReLU, the paper's "layer 5" and "layer 7" feature vectors
+BUILTIN_LAYERS = ("pool5", "relu7")
+
+
+def part_correspondence(net, dataset, transform, parts=BUILTIN_PARTS, layers=BUILTIN_LAYERS, n_images=20,
+                        **options):
+    """:func:`correspondence` for several parts of a dataset that knows its part boxes.
+
+    Parameters
+    ----------
+    net : zfraw.nn.Sequential
+    dataset : zfraw.synthetic.SyntheticDataset (or anything with its ``part_boxes``)
+    transform : callable
+        ``image uint8 HWC -> float32 (C, H, W)``, a preprocessing that keeps the
+        image's pixel grid (the built-in ``eval_transform`` on 64x64 images), so the
+        part boxes stay valid.
+    parts : sequence of (class, part)
+        e.g. ``(("face", "left_eye"), ("car", "left_wheel"))``.
+    layers, options
+        As in :func:`correspondence` (``fill``, ``random_draws``, ``seed``).
+    n_images : int
+        Images per part: the first ``n_images`` of the class whose part is in the image.
+
+    Returns
+    -------
+    dict
+        ``"class: part"`` -> the result of :func:`correspondence` (layer -> dict).
+    """
+    if not hasattr(dataset, "part_boxes"):
+        raise TypeError(f"dataset: expected one that knows its part boxes (zfraw.synthetic.SyntheticDataset), "
+                        f"got {type(dataset).__name__}")
+    n_images = int_arg("n_images", n_images, 2)
+    results = {}
+    for label, part in parts:
+        _, images, boxes = dataset.part_boxes(label, part, n_images)
+        x = np.stack([transform(image) for image in images])
+        if x.shape[-2:] != images.shape[1:3]:
+            raise ValueError(f"transform: it changes the image size ({images.shape[1:3]} -> {x.shape[-2:]}), "
+                             f"so the part boxes would not fit; use one that keeps the pixel grid")
+        results[f"{label}: {part}"] = correspondence(net, x, boxes, layers, **options)
+    return results
