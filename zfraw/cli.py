@@ -8,6 +8,8 @@
 ``zfraw top9``     the top-9 activations of features over a dataset (PNGs)
 ``zfraw filters``  the layer-1 filters as a montage (a PNG)
 ``zfraw summary``  the architecture table of a model
+``zfraw occlude``  occlusion sensitivity of one image (fig. 7): five panels in a PNG
+``zfraw correspond`` part correspondence (table 1): Delta per part and layer vs random boxes
 =================  ==============================================================
 
 Errors (a missing file, an unknown layer, a feature out of range) print one line
@@ -221,6 +223,193 @@ def cmd_summary(args):
     return 0
 
 
+# ---------------------------------------------------------------- occlude / correspond
+
+def _class_names(spec, classes):
+    """--classes: comma-separated names or a text file (one per line); else the model's own names."""
+    if not spec:
+        return classes
+    if os.path.isfile(spec):
+        with open(spec, encoding="utf-8") as fh:
+            return [line.strip() for line in fh if line.strip()]
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def _class_index(text, classes, n_classes):
+    """--target: a class name or an index in [0, n_classes)."""
+    if text is None:
+        return None
+    if classes and text in classes:
+        return classes.index(text)
+    try:
+        k = int(text)
+    except ValueError:
+        raise UsageError(f"--target: {text!r} is neither a class name ({', '.join(classes or [])}) "
+                         f"nor a class index") from None
+    if not 0 <= k < n_classes:
+        raise UsageError(f"--target: expected a class index in [0, {n_classes}), got {k}")
+    return k
+
+
+def _check_output(path, suffixes):
+    """Refuse an output path that cannot be written, before any long work."""
+    if not path.lower().endswith(suffixes):
+        raise UsageError(f"-o: expected a file ending in {' or '.join(suffixes)}, got {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"-o: cannot write {path!r} (is its folder there and writable?)")
+
+
+def cmd_occlude(args):
+    from zfraw import data, deconvnet, to_device, visualize
+    from zfraw.analysis.occlusion import occlusion, strongest_drop
+    from zfraw.functional import softmax
+    from zfraw.render.occlusion import occlusion_figure
+
+    _check_output(args.output, (".png",))
+    backend = _select_backend(args.backend)
+    img = data.load_image(args.image)
+    net, classes, mean = _load_net(args.weights)
+    if args.layer is not None:
+        net.check_layer(args.layer)
+    side = _input_side(net)
+    x = to_device(data.eval_transform(side, side, mean)(img)[None])
+    scores = net.forward(x, keep=False, cache=False)
+    classes = _class_names(args.classes, classes)
+    target = _class_index(args.target, classes, scores.shape[1])
+    size = args.size if args.size is not None else max(1, side // 4)
+    stride = args.stride if args.stride is not None else max(1, size // 4)
+    maps = occlusion(net, x, size, stride, layer=args.layer, feature=args.feature, target=target,
+                     fill=args.fill, batch_size=args.batch_size)
+    unoccluded = float(_host_float(softmax(scores)[0, maps.target[0]]))
+    projection = deconvnet.project(net, x, maps.layer, feature=maps.feature)
+    net.clear()
+    figure = occlusion_figure(maps, 0, visualize.image_to_uint8(_host_float(x[0]), mean),
+                              _host_float(projection[0]), classes=classes)
+    _save_png(figure, args.output)
+    drop = strongest_drop(maps)[0]
+    name = lambda k: classes[k] if classes and 0 <= k < len(classes) else f"class {k}"  # noqa: E731
+    print(f"{maps.layer} feature {int(maps.feature[0])}; p({name(int(maps.target[0]))}) = {unoccluded:.3f} "
+          f"unoccluded, lowest {drop.probability:.3f} with the {size}x{size} square at (top, left) = "
+          f"({drop.top}, {drop.left}), where the network says {name(drop.label)}")
+    print(f"wrote {args.output} ({maps.activity.shape[1]}x{maps.activity.shape[2]} positions, backend {backend!r})")
+    return 0
+
+
+def _host_float(a):
+    """A backend array as a NumPy float64 array (for printing and drawing)."""
+    from zfraw import to_host
+
+    return np.asarray(to_host(a), dtype=np.float64)
+
+
+def _read_boxes(path):
+    """A boxes file -> [(image path, (top, left, bottom, right), part)].
+
+    CSV: ``image,top,left,bottom,right[,part]`` per line (a header line starting with
+    ``image`` is skipped); JSON: a list of ``{"image": ..., "box": [t, l, b, r], "part": ...}``.
+    Image paths are relative to the boxes file's folder; boxes are in the image's own pixels.
+    """
+    import csv
+    import json
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--boxes: file {path!r} does not exist")
+    folder = os.path.dirname(os.path.abspath(path))
+    entries = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if path.lower().endswith(".json"):
+                for k, item in enumerate(json.load(fh)):
+                    entries.append((item["image"], [int(v) for v in item["box"]], str(item.get("part", "part")), k))
+            else:
+                for k, row in enumerate(csv.reader(fh)):
+                    if not row or row[0].strip().lower() == "image" or row[0].lstrip().startswith("#"):
+                        continue
+                    if len(row) not in (5, 6):
+                        raise ValueError(f"expected image,top,left,bottom,right[,part], got {len(row)} fields")
+                    entries.append((row[0].strip(), [int(v) for v in row[1:5]],
+                                    row[5].strip() if len(row) == 6 else "part", k))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--boxes: cannot read {path!r}: {exc}") from None
+    if not entries:
+        raise UsageError(f"--boxes: {path!r} holds no boxes")
+    return [(os.path.join(folder, image), tuple(box), part, k) for image, box, part, k in entries]
+
+
+def _box_to_input(box, shape, side, where):
+    """A box in an image's own pixels -> the box in the network input (shorter side resized to
+    ``side``, the central side x side crop, as ``data.eval_transform(side, side)``)."""
+    import math
+
+    h, w = shape[:2]
+    if h <= w:
+        nh, nw = side, max(1, int(round(w * side / h)))
+    else:
+        nh, nw = max(1, int(round(h * side / w))), side
+    top, left = (nh - side) // 2, (nw - side) // 2
+    t, l, b, r = box
+    if not (0 <= t < b <= h and 0 <= l < r <= w):
+        raise UsageError(f"--boxes: {where}: box {box} is not inside the {h}x{w} image")
+    t, b = math.floor(t * nh / h) - top, math.ceil(b * nh / h) - top
+    l, r = math.floor(l * nw / w) - left, math.ceil(r * nw / w) - left
+    t, l, b, r = max(t, 0), max(l, 0), min(b, side), min(r, side)
+    if b <= t or r <= l:
+        raise UsageError(f"--boxes: {where}: box {box} falls outside the central crop the network sees")
+    return t, l, b, r
+
+
+def cmd_correspond(args):
+    from zfraw import builtin, data, synthetic
+    from zfraw.analysis.correspondence import correspondence, part_correspondence
+    from zfraw.render.correspondence import html_table, markdown_table
+
+    if args.output:
+        _check_output(args.output, (".md", ".html"))
+    backend = _select_backend(args.backend)
+    net, _, mean = _load_net(args.weights)
+    layers = [net.check_layer(name) for name in (args.layers or "pool5,relu7").split(",") if name.strip()]
+    options = dict(fill=args.fill, random_draws=args.draws, seed=args.seed)
+    if args.boxes:
+        side = _input_side(net)
+        transform = data.eval_transform(side, side, mean)
+        groups = {}
+        for image, box, part, k in _read_boxes(args.boxes):
+            img = data.load_image(image)
+            where = f"line {k + 1} ({os.path.basename(image)})"
+            groups.setdefault(part, []).append((transform(img), _box_to_input(box, img.shape, side, where)))
+        results = {}
+        for part, items in groups.items():
+            if len(items) < 2:
+                raise UsageError(f"--boxes: part {part!r} has {len(items)} image; Delta needs at least 2")
+            results[part] = correspondence(net, np.stack([x for x, _ in items]),
+                                           np.asarray([b for _, b in items]), layers, **options)
+    else:
+        if args.weights is not None and (net.input_shape is None or net.input_shape[-1] != builtin.RECIPE["size"]):
+            raise UsageError("--boxes is needed: the built-in part boxes are for 64x64 images")
+        if args.cls not in synthetic.PARTS or not synthetic.PARTS[args.cls]:
+            with_parts = [c for c, p in synthetic.PARTS.items() if p]
+            raise UsageError(f"--class: expected one of {', '.join(with_parts)}, got {args.cls!r}")
+        names = synthetic.PARTS[args.cls] if args.part in (None, "all") else [args.part]
+        bad = [p for p in names if p not in synthetic.PARTS[args.cls]]
+        if bad:
+            raise UsageError(f"--part: class {args.cls!r} has the parts {', '.join(synthetic.PARTS[args.cls])} "
+                             f"(or all), got {bad[0]!r}")
+        results = part_correspondence(net, builtin.dataset("val"), builtin.eval_transform(mean),
+                                      [(args.cls, p) for p in names], layers, n_images=args.images, **options)
+    table = markdown_table(results, layers)
+    print(f"Delta per ordered pair (fraction of feature signs that differ) for each part, against boxes of the "
+          f"same size at random positions (mean ± std over {args.draws} draws); backend {backend!r}:")
+    print(table)
+    if args.output:
+        from zfraw.nn import atomic_write
+
+        text = html_table(results, layers) if args.output.lower().endswith(".html") else table + "\n"
+        atomic_write(args.output, lambda fh: fh.write(text.encode("utf-8")), suffix=".tmp")
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _save_png(picture, path):
     """Save a PIL image atomically (temporary file beside it, then rename)."""
     from zfraw.nn import atomic_write
@@ -298,6 +487,36 @@ def build_parser():
     s.add_argument("-o", "--output", default="filters.png")
     _add_weights(s), _add_backend(s)
     s.set_defaults(func=cmd_filters)
+
+    s = sub.add_parser("occlude", help="occlusion sensitivity of one image (fig. 7 of the paper)")
+    s.add_argument("image")
+    s.add_argument("--layer", default=None, help="layer of the activity map (default: the last conv layer)")
+    s.add_argument("--feature", type=int, default=None, help="feature map (default: the strongest)")
+    s.add_argument("--size", type=int, default=None, help="side of the grey square (default: input side / 4)")
+    s.add_argument("--stride", type=int, default=None, help="step between positions (default: size / 4)")
+    s.add_argument("--target", default=None, help="class (name or index) of the probability map "
+                   "(default: the prediction for the whole image)")
+    s.add_argument("--fill", type=float, default=0.0, help="value of the hidden pixels (default 0: the mean)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--classes", default=None, help="class names: comma-separated, or a file with one per line "
+                   "(default: those saved with the model)")
+    s.add_argument("-o", "--output", default="occlusion.png")
+    _add_weights(s), _add_backend(s)
+    s.set_defaults(func=cmd_occlude)
+
+    s = sub.add_parser("correspond", help="part correspondence (table 1 of the paper) against random boxes")
+    s.add_argument("--class", dest="cls", default="face", help="built-in data: the class (default face)")
+    s.add_argument("--part", default=None, help="built-in data: a part of that class, or 'all' (default)")
+    s.add_argument("--images", type=int, default=20, help="built-in data: images per part (default 20)")
+    s.add_argument("--boxes", default=None, help="your images instead: a CSV (image,top,left,bottom,right"
+                   "[,part]) or JSON file of boxes in the images' own pixels")
+    s.add_argument("--layers", default=None, help="comma-separated layers (default pool5,relu7)")
+    s.add_argument("--draws", type=int, default=10, help="random-box draws for the baseline (default 10)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fill", type=float, default=0.0, help="value of the hidden pixels (default 0: the mean)")
+    s.add_argument("-o", "--output", default=None, help="also write the table (.md or .html)")
+    _add_weights(s), _add_backend(s)
+    s.set_defaults(func=cmd_correspond)
 
     s = sub.add_parser("summary", help="the architecture table of a model")
     s.add_argument("--model", default="zfnet", choices=["zfnet", "alexnet", "zfnet_mini"])
