@@ -26,7 +26,7 @@ from zfraw._args import int_arg as _int, pair_arg as _pair
 
 __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "conv_transpose2d", "conv_matrix",
-    "conv_output_size", "pool_output_size",
+    "conv_output_size", "pool_output_size", "pool_padding",
     "max_pool2d", "max_unpool2d", "relu", "relu_backward", "RELU_RULES",
     "local_response_norm", "local_response_norm_backward",
     "linear", "linear_backward", "dropout", "softmax", "cross_entropy",
@@ -82,17 +82,43 @@ def conv_output_size(size, k, stride, pad, name="input"):
 
 
 def pool_output_size(size, k, stride, pad, ceil_mode, name="x"):
-    """Pooled size as PyTorch computes it: with ``ceil_mode`` a last partial window
-    is kept when it starts inside the input or its left padding."""
-    if size + 2 * pad < k:
-        raise ValueError(
-            f"pooling window of {k} is larger than the padded {name} ({size} + 2*{pad} = {size + 2 * pad})"
-        )
-    span = size + 2 * pad - k
+    """Pooled size as PyTorch computes it (``pooling_output_shape_pad_lr``).
+
+    ``pad`` is an int (both sides) or a pair (before, after).  With n = size +
+    before + after - k: floor(n / stride) + 1 windows, or with ``ceil_mode``
+    ceil(n / stride) + 1, less a last window that would start at or beyond
+    ``size + before`` (entirely in the after-padding).  In ceil mode n may be
+    negative (a window larger than the padded input, as PyTorch accepts) as long
+    as one window results; otherwise a ValueError.
+    """
+    before, after = (pad, pad) if isinstance(pad, numbers.Integral) else (int(pad[0]), int(pad[1]))
+    padded = size + before + after
+    span = padded - k
     out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
+    if ceil_mode and (out - 1) * stride >= size + before:
         out -= 1
+    if out < 1:
+        pads = f"{before}" if before == after else f"{before}+{after}"
+        raise ValueError(
+            f"pooling window of {k} is larger than the padded {name} ({size} + {pads} padding = {padded})"
+            + ("" if ceil_mode else "; ceil_mode=True keeps a partial window")
+        )
     return out
+
+
+def pool_padding(pad):
+    """A pooling ``pad`` as (top, bottom, left, right).
+
+    ``pad`` is an int (every side), a pair (ph, pw) (ph above and below, pw left
+    and right) or four ints (top, bottom, left, right), each >= 0.  (ONNX lists
+    pads as [top, left, bottom, right]: pass ``(p[0], p[2], p[1], p[3])``.)
+    """
+    if isinstance(pad, (tuple, list)) and len(pad) == 4:
+        return tuple(_int("pad", v, 0) for v in pad)
+    if isinstance(pad, (tuple, list)) and len(pad) != 2:
+        raise ValueError(f"pad must be an int, a pair (ph, pw) or (top, bottom, left, right), got {pad!r}")
+    ph, pw = _pair("pad", pad, 0)
+    return ph, ph, pw, pw
 
 
 #: A plane with more output positions than this is cut into bands of output rows
@@ -389,19 +415,25 @@ def max_pool2d(x, size, stride=None, pad=0, ceil_mode=False):
     (PyTorch's ``return_indices`` layout).  Padding counts as -inf; ties go to
     the first maximum in row-major window order; a NaN wins and propagates.
     ``stride`` defaults to ``size``; ``ceil_mode`` keeps a last partial window
-    (ZFNet: 110 -> 55 and 26 -> 13 with size 3, stride 2).  ``pad`` must be at
-    most half the window, so that every window holds an input pixel.
+    (ZFNet: 110 -> 55 and 26 -> 13 with size 3, stride 2) and accepts what
+    PyTorch accepts (see :func:`pool_output_size`).  ``pad`` is an int, (ph, pw)
+    or per side (top, bottom, left, right) (:func:`pool_padding`; Caffe models in
+    ONNX pad only bottom and right); each side at most half the window, so that
+    every window holds an input pixel.  Window (ho, wo) covers rows
+    [ho*sh - top, ho*sh - top + kh) and columns [wo*sw - left, wo*sw - left + kw).
     """
     x = _array("x", x, 4)
     kh, kw = _pair("size", size, 1)
     sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
-    ph, pw = _pair("pad", pad, 0)
-    if 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"pad must be at most half the window size {(kh, kw)}, got {(ph, pw)}")
+    top, bottom, left, right = pool_padding(pad)
+    if 2 * max(top, bottom) > kh or 2 * max(left, right) > kw:
+        raise ValueError(f"pad must be at most half the window size {(kh, kw)} on each side, "
+                         f"got (top, bottom, left, right) = {(top, bottom, left, right)}")
     n, c, h, w = x.shape
-    ho = pool_output_size(h, kh, sh, ph, bool(ceil_mode), "x height")
-    wo = pool_output_size(w, kw, sw, pw, bool(ceil_mode), "x width")
-    return _backend.kernel("max_pool2d")(x, kh, kw, sh, sw, ph, pw, ho, wo)
+    ho = pool_output_size(h, kh, sh, (top, bottom), bool(ceil_mode), "x height")
+    wo = pool_output_size(w, kw, sw, (left, right), bool(ceil_mode), "x width")
+    # the kernels take the top and left pads; Ho and Wo imply the bottom and right ones
+    return _backend.kernel("max_pool2d")(x, kh, kw, sh, sw, top, left, ho, wo)
 
 
 def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
@@ -414,8 +446,9 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     pooling gradient and ``<pool_select(x), y> == <x, max_unpool2d(y)>``.
     (PyTorch's ``max_unpool2d`` overwrites on collision instead.)
 
-    ``size``/``stride``/``pad`` (keyword only) may name the pooling geometry that
-    made the switches; a backend can then gather deterministically (CUDA).
+    ``size``/``stride``/``pad`` (keyword only; ``pad`` as in :func:`max_pool2d`)
+    may name the pooling geometry that made the switches; a backend can then
+    gather deterministically (CUDA).
     """
     y = _array("y", y, 4)
     switches = _array("switches", switches, 4, float_only=False)
@@ -437,8 +470,8 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     if size is not None:
         kh, kw = _pair("size", size, 1)
         sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
-        ph, pw = _pair("pad", pad, 0)
-        window = (kh, kw, sh, sw, ph, pw)
+        top, _, left, _ = pool_padding(pad)
+        window = (kh, kw, sh, sw, top, left)
     return _backend.kernel("max_unpool2d")(y, switches.astype(np.int64, copy=False), h, w, window)
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from zfraw import functional as F
 from zfraw.backend import get_backend, to_host
-from zfraw.nn import Conv2d, Dropout, Sequential, atomic_savez
+from zfraw.io import npz
+from zfraw.nn import Conv2d, Dropout, Sequential
 
 __all__ = [
     "SGD", "StepSchedule", "PlateauSchedule", "renormalize_filters", "filter_rms",
@@ -212,12 +213,8 @@ def _set_dropout_states(net, states):
 
 
 def _save_checkpoint(path, net, opt, history, epoch, extra):
-    arrays = dict(net.state_dict())
-    arrays.update(opt.state_dict())
-    meta = {"spec": net.spec(), "extra": extra, "epoch": epoch, "history": json.loads(history.to_json()),
-            "dropout_rng": _dropout_states(net)}
-    arrays["__zfraw__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    atomic_savez(path, arrays)
+    npz.write(path, net.spec(), net.state_dict(), extra=extra, arrays=opt.state_dict(), epoch=epoch,
+              history=json.loads(history.to_json()), dropout_rng=_dropout_states(net))
 
 
 def load_checkpoint(path, net, opt=None):
@@ -225,14 +222,13 @@ def load_checkpoint(path, net, opt=None):
 
     The dropout generators are restored too, so a resumed run continues exactly.
     """
-    with np.load(path) as data:
-        meta = json.loads(bytes(data["__zfraw__"]).decode())
-        state = {k: data[k] for k in data.files if not k.startswith("__")}
-    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("velocity/")})
+    contents = npz.read(path, require_meta=True)
+    meta = contents.meta
+    net.load_state_dict(contents.params)
     _set_dropout_states(net, meta.get("dropout_rng", {}))
     if opt is not None:
-        opt.load_state_dict(state)
-    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), meta.get("extra", {})
+        opt.load_state_dict(contents.other)
+    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), contents.extra
 
 
 def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, weight_decay=5e-4,
