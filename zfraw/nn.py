@@ -605,12 +605,16 @@ def read_meta(path):
 
 
 def load(path):
-    """Rebuild a network (architecture and weights) from a file written by :meth:`Sequential.save`."""
+    """Rebuild a network (architecture and weights) from a file written by :meth:`Sequential.save`.
+
+    The network computes in the saved dtype (float32, or float64 when every array is float64);
+    float16 arrays are a storage format only and are computed in float32.
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
     net = Sequential.from_spec(read_meta(path)["spec"])
     state = _read_state(path)
     dtypes = {v.dtype for v in state.values()}
-    if len(dtypes) == 1:  # the layers are built float32: keep the saved dtype (e.g. float64)
-        net.astype(dtypes.pop())
+    if len(dtypes) == 1 and np.float16 not in dtypes:  # the layers are built float32: keep the saved dtype
+        net.astype(dtypes.pop())                         # (e.g. float64); float16 is storage only: computed in float32
     return net.load_state_dict(state)
