@@ -117,12 +117,16 @@ def worker_net(payload):
 
 
 def _limit_threads(threads):
-    """Run Numba's parallel kernels on ``threads`` threads in this thread (BLAS is limited by
-    the worker's environment, OPENBLAS_NUM_THREADS=1, which Dask sets for its workers)."""
-    try:
-        import numba
-    except ImportError:
+    """Run the numba backend's parallel kernels on ``threads`` threads in this thread (BLAS is
+    limited by the worker's environment, OPENBLAS_NUM_THREADS=1, which Dask sets for its workers).
+
+    Only once that backend is active: its kernels start Numba's thread pool with
+    OpenMP's passive wait policy, which an earlier ``set_num_threads`` would pre-empt.
+    """
+    if get_backend().name != "numba":
         return
+    import numba
+
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
 
 
@@ -131,9 +135,9 @@ def _run_task(fn, payload, backend, threads, item, kwargs):
 
     Returns (result, [(warning category, message), ...]).
     """
-    _limit_threads(threads)
     with use_backend(backend), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        _limit_threads(threads)
         net = None if payload is None else worker_net(payload)
         result = fn(net, item, **kwargs)
     return result, [(w.category, str(w.message)) for w in caught]
