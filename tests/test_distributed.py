@@ -245,3 +245,60 @@ def test_cli_refuses_bad_dask_options(folder, tmp_path, capsys):
         status = cli.main(["top9", folder, "-o", str(tmp_path / "out"), "--backend", "numpy"] + extra)
         err = capsys.readouterr().err
         assert status == 2 and msg in err, err
+
+
+# ---------------------------------------------------------------- the analyses of issue 8 (merged later)
+
+def test_occlusion_folder_equals_occlusion_of_the_same_images(client, folder, transform):
+    occ = pytest.importorskip("zfraw.analysis.occlusion")
+    net, ds = tiny_net(), data.ImageFolder(folder, skip_bad=True)
+    order = [3, 50, 51, 200, 7]
+    maps, idx = distributed.occlusion_folder(net, ds, 6, 5, client=client, transform=transform, indices=order,
+                                             batch_size=2, chunk_size=2, progress=False, layer="conv2")
+    np.testing.assert_array_equal(idx, order)
+    x = np.stack([data.load_item(ds, i, transform) for i in order])
+    want = occ.occlusion(net.eval(), x, 6, 5, layer="conv2", progress=False)
+    assert (maps.layer, maps.size, maps.stride) == (want.layer, want.size, want.stride)
+    for name in ("label", "feature", "target"):
+        np.testing.assert_array_equal(np.asarray(getattr(maps, name)), np.asarray(getattr(want, name)), name)
+    for name in ("activity", "probability"):
+        np.testing.assert_allclose(np.asarray(getattr(maps, name)), np.asarray(getattr(want, name)),
+                                   rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_correspondence_sets_equal_correspondence_of_each_set(client, folder, transform):
+    corr = pytest.importorskip("zfraw.analysis.correspondence")
+    net, ds = tiny_net(), data.ImageFolder(folder, skip_bad=True)
+    rng = np.random.default_rng(4)
+    sets = []
+    for s in range(3):
+        x = np.stack([data.load_item(ds, int(i), transform) for i in rng.choice(N_IMAGES, 4, replace=False)])
+        top, left = rng.integers(0, SIDE - 6, size=(2, 4))
+        sets.append((x, np.stack([top, left, top + 6, left + 6], axis=1)))
+    got = distributed.correspondence_sets(net, sets, ["conv2", "fc"], client=client, random_draws=3, seed=1,
+                                          progress=False)
+    want = [corr.correspondence(net.eval(), x, boxes, ["conv2", "fc"], random_draws=3, seed=1) for x, boxes in sets]
+    assert len(got) == 3
+    for g, w in zip(got, want):
+        assert sorted(g) == sorted(w)
+        for lyr in w:
+            for key, value in w[lyr].items():
+                np.testing.assert_allclose(g[lyr][key], value, rtol=1e-6, err_msg=f"{lyr} {key}")
+
+
+def test_the_report_with_a_dask_scan_is_the_same_report(client, folder, transform, tmp_path):
+    from zfraw import report
+
+    net, ds = tiny_net(), data.ImageFolder(folder, skip_bad=True)
+    kw = dict(layers=["conv1", "conv2"], features_per_layer=2, n_images=200, batch_size=BATCH, progress=False,
+              n_examples=1)
+    report.write_report(tmp_path / "one", net, ds, transform, [0.4, 0.5, 0.6], **kw)
+    report.write_report(tmp_path / "dask", net, ds, transform, [0.4, 0.5, 0.6],
+                        scan_layers=distributed.scanner(client, shard_size=2 * BATCH), **kw)
+    pictures = sorted(os.listdir(tmp_path / "one" / "img"))
+    assert pictures == sorted(os.listdir(tmp_path / "dask" / "img")) and len(pictures) > 4
+    for name in pictures:
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one" / "img" / name)),
+                                      np.asarray(Image.open(tmp_path / "dask" / "img" / name)), err_msg=name)
+    captions = [[line for line in open(tmp_path / d / "index.html") if "figcaption" in line] for d in ("one", "dask")]
+    assert captions[0] == captions[1]
