@@ -21,6 +21,7 @@ and exit with status 2 (set ``ZFRAW_DEBUG=1`` for the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -44,6 +45,36 @@ def _add_backend(p):
 def _add_weights(p):
     p.add_argument("--weights", default=None,
                    help="a model saved by zfraw (.npz); default: the built-in trained zfnet_mini")
+
+
+def _add_dask(p):
+    p.add_argument("--workers", type=int, default=None,
+                   help="scan on a local Dask cluster of N worker processes (needs zfraw[dask])")
+    p.add_argument("--scheduler", default=None, help="scan on an existing Dask cluster at this address")
+    p.add_argument("--shard-dir", default=None,
+                   help="with --workers/--scheduler: keep each finished shard here; run again to resume")
+
+
+@contextlib.contextmanager
+def _scan_function(args):
+    """The top-k scan for --workers/--scheduler (a function like scan_layers), or None without them."""
+    if args.workers is None and args.scheduler is None:
+        if args.shard_dir is not None:
+            raise UsageError("--shard-dir needs --workers N or --scheduler ADDRESS")
+        yield None
+        return
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: expected at least 1, got {args.workers}")
+    try:
+        from zfraw import distributed
+
+        distributed.require_dask()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    with distributed.cluster(args.workers, args.scheduler) as client:
+        yield distributed.scanner(client, shard_dir=args.shard_dir)
 
 
 def _select_backend(name):
@@ -104,11 +135,12 @@ def cmd_demo(args):
     net, classes, mean = _load_net(args.weights)
     ds = builtin.dataset("val", n_per_class=max(1, args.images // 10))
     t0 = time.perf_counter()
-    index = report.write_report(
-        args.out, net, ds, builtin.eval_transform(mean), mean, classes=classes,
-        features_per_layer=args.features, progress=not args.quiet,
-        title="zfraw demo: what the built-in ZFNet learned",
-    )
+    with _scan_function(args) as scan_layers:
+        index = report.write_report(
+            args.out, net, ds, builtin.eval_transform(mean), mean, classes=classes,
+            features_per_layer=args.features, progress=not args.quiet,
+            title="zfraw demo: what the built-in ZFNet learned", scan_layers=scan_layers,
+        )
     print(f"wrote {index} ({time.perf_counter() - t0:.0f} s on backend {backend!r}); open it in a browser")
     return 0
 
@@ -191,7 +223,14 @@ def cmd_top9(args):
     side = _input_side(net)
     ds = _dataset(args.data, net, args.images)
     transform = data.eval_transform(side, side, mean)
-    figures = visualize.top9(net, ds, args.layer, args.features, transform, mean, progress=True)
+    records = None
+    with _scan_function(args) as scan_layers:
+        if scan_layers is not None:
+            from zfraw.analysis.topk import feature_records
+
+            (store, width), = scan_layers(net, ds, [args.layer], transform=transform, progress=True).values()
+            records = feature_records(store, width, args.features, args.layer)
+    figures = visualize.top9(net, ds, args.layer, args.features, transform, mean, progress=True, records=records)
     os.makedirs(args.output, exist_ok=True)
     for feature, picture in figures.items():
         path = os.path.join(args.output, f"{args.layer}_feature{feature}.png")
@@ -595,7 +634,7 @@ def build_parser():
     s.add_argument("--images", type=int, default=1000, help="images searched for top activations (default 1000)")
     s.add_argument("--features", type=int, default=4, help="features shown per conv layer (default 4)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_backend(s), _add_dask(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("check", help="check every op against SciPy, gradients and transposes")
@@ -640,7 +679,7 @@ def build_parser():
     s.add_argument("--features", type=_feature_list, default=None, help="comma-separated (default: the most active)")
     s.add_argument("--images", type=int, default=1000, help="--builtin: images to search (default 1000)")
     s.add_argument("-o", "--output", default="top9", help="output folder")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_backend(s), _add_dask(s)
     s.set_defaults(func=cmd_top9)
 
     s = sub.add_parser("filters", help="the first layer's filters as a picture")
