@@ -71,7 +71,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-__all__ = ["KERNELS", "FASTMATH", "im2col", "col2im", "im2col_tile", "col2im_tile", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
+__all__ = ["KERNELS", "FASTMATH", "threading_layer", "USER_THREADING_VARIABLES", "SEPARATE_POOL_LAYERS", "im2col", "col2im", "im2col_tile", "col2im_tile", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
            "POOL_LANES", "POOL_LANES_MAX_PIXELS"]
 
 #: LLVM fast-math flags for every kernel: no ``nnan``/``ninf`` (NaN and -inf must behave).
@@ -95,41 +95,62 @@ def _openmp_loaded():
         return False
 
 
-def _start_threads_passive():
-    """Start Numba's thread pool with OpenMP's *passive* wait policy, unless the user chose one.
+#: the environment variables by which a user chooses Numba's threads and OpenMP's wait
+#: policy; when any is set, :func:`_start_threads` leaves the choice to Numba
+USER_THREADING_VARIABLES = ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+#: Numba's threading layers tried, in order, when an OpenMP runtime is already loaded:
+#: thread pools of their own, not the loaded runtime's (``omp`` last, as Numba wants
+#: every layer named; ``workqueue`` is always built, so it is never reached)
+SEPARATE_POOL_LAYERS = ["tbb", "workqueue", "omp"]
+
+
+def _start_threads():
+    """Start Numba's thread pool so that nothing else in the process makes it spin.
 
     The ``numba`` backend alternates Numba kernels with BLAS calls (im2col, GEMM,
-    im2col, ...).  With GNU OpenMP's default policy Numba's idle workers spin for
-    milliseconds after each kernel (``pause`` is slow on recent AMD cores), on
-    the very cores the BLAS threads need next: on a 2-core machine that made the
-    tiled ZFNet conv1 forward 7x slower (bench/README.md).  Passive workers sleep
-    at once, and waking them costs microseconds.  The variable is set only while
-    Numba loads its OpenMP runtime (the first ``get_num_threads`` starts the
-    pool), then restored.  Nothing is changed when the user set
-    ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``NUMBA_THREADING_LAYER``.  When
-    an OpenMP runtime is already loaded (PyTorch imported before zfraw), Numba
-    shares it with the policy it was started with, and a warning says so.
+    im2col, ...).  GNU OpenMP's default wait policy keeps idle workers spinning
+    for milliseconds after each kernel (``pause`` is slow on recent AMD cores),
+    on the very cores the BLAS threads need next: on a 2-core machine that made
+    the tiled ZFNet conv1 forward 7x slower (bench/README.md).  The policy is read
+    once, when the runtime loads, and a process has one GNU OpenMP runtime, so:
+
+    * no OpenMP runtime loaded yet: Numba's default layer (``omp`` here) starts
+      with ``OMP_WAIT_POLICY=PASSIVE``, set only while the runtime loads, then
+      removed.  Passive workers sleep at once; waking them costs microseconds.
+      A PyTorch imported later shares this runtime.
+    * an OpenMP runtime already loaded (PyTorch imported before zfraw, started
+      with the spinning default): Numba takes a pool of its own,
+      :data:`SEPARATE_POOL_LAYERS` (``tbb`` when the ``tbb`` package is
+      installed, else Numba's ``workqueue``, whose idle workers sleep on a
+      condition variable).  ``workqueue`` must not be entered by two Python
+      threads at once; zfraw's kernels run from the calling thread only.
+    * the user chose (any of :data:`USER_THREADING_VARIABLES` set, or
+      ``numba.config.THREADING_LAYER`` changed from ``"default"``): left alone.
+
+    :func:`threading_layer` says which layer runs.
     """
-    if any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")):
+    chosen = any(k in os.environ for k in USER_THREADING_VARIABLES) or numba.config.THREADING_LAYER != "default"
+    if chosen:
         numba.get_num_threads()
         return
     if _openmp_loaded():
-        import warnings
-
-        warnings.warn(
-            "an OpenMP runtime was loaded before zfraw's Numba kernels (was PyTorch imported first?); they "
-            "share it with its busy-waiting default, which can make the numba backend's convolutions many "
-            "times slower. Import zfraw first or set OMP_WAIT_POLICY=PASSIVE in the environment.",
-            stacklevel=2,
-        )
+        numba.config.THREADING_LAYER_PRIORITY = list(SEPARATE_POOL_LAYERS)
+        numba.get_num_threads()
+        return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
-        numba.get_num_threads()
+        numba.get_num_threads()  # the first call loads the threading layer and starts the pool
     finally:
         del os.environ["OMP_WAIT_POLICY"]
 
 
-_start_threads_passive()
+def threading_layer():
+    """The name of the threading layer Numba's kernels run on (``omp``, ``tbb`` or ``workqueue``)."""
+    return numba.threading_layer()
+
+
+_start_threads()
 
 
 def _contiguous(name, a):
