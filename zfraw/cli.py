@@ -361,14 +361,17 @@ def _box_to_input(box, shape, side, where):
 
 def cmd_correspond(args):
     from zfraw import builtin, data, synthetic
-    from zfraw.analysis.correspondence import correspondence, part_correspondence
+    from zfraw.analysis.correspondence import BUILTIN_LAYERS, correspondence, part_correspondence
     from zfraw.render.correspondence import html_table, markdown_table
 
     if args.output:
         _check_output(args.output, (".md", ".html"))
     backend = _select_backend(args.backend)
     net, _, mean = _load_net(args.weights)
-    layers = [net.check_layer(name) for name in (args.layers or "pool5,relu7").split(",") if name.strip()]
+    if args.layers is None and not all(name in net.layers for name in BUILTIN_LAYERS):
+        raise UsageError(f"--layers: give the layers to compare (the model has no {' and '.join(BUILTIN_LAYERS)})")
+    layers = [net.check_layer(name.strip()) for name in (args.layers or ",".join(BUILTIN_LAYERS)).split(",")
+              if name.strip()]
     options = dict(fill=args.fill, random_draws=args.draws, seed=args.seed)
     if args.boxes:
         side = _input_side(net)
