@@ -131,3 +131,26 @@ def test_correspond_errors_in_process(weights, tmp_path, capsys):
         assert cli.main(["correspond", "--backend", "numpy", *args]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and word in err[0], (args, err)
+
+
+def test_report_sections(tmp_path):
+    """The demo's two sections on the built-in model and data (cheap settings): a figure per
+    image, the table with one row per part; ``zfraw demo`` runs them with the report's
+    defaults (tests/test_product_backends.py)."""
+    from zfraw import builtin, report
+
+    net, meta = builtin.load_model()
+    dataset = builtin.dataset("val", n_per_class=3)
+    transform = builtin.eval_transform(meta["mean"])
+    (tmp_path / "img").mkdir()
+    images = [transform(dataset[i][0]) for i in (0, 1)]
+    anchor, page = report.occlusion_section(str(tmp_path), net, images, dataset.labels[:2], meta["mean"],
+                                            meta["classes"], size=32, stride=16, progress=False)
+    assert anchor == "occlusion" and 'src="img/occlusion_1.png"' in page and "True class" in page
+    with Image.open(tmp_path / "img" / "occlusion_0.png") as picture:
+        assert np.asarray(picture).std() > 0
+    anchor, table = report.correspondence_section(net, dataset, transform, n_images=3, random_draws=1)
+    assert anchor == "correspondence"
+    assert table.count("<tr><td>") == 5 and "face: left_eye" in table and "pool5: random" in table
+    assert report.rectified_top_conv(net) == "relu5"
+    assert report.correspondence_section(net, list(dataset), transform) is None  # no part boxes

@@ -104,7 +104,7 @@ def cmd_demo(args):
     index = report.write_report(
         args.out, net, ds, builtin.eval_transform(mean), mean, classes=classes,
         features_per_layer=args.features, progress=not args.quiet,
-        title="zfraw demo: what the built-in ZFNet learned",
+        title="zfraw demo: what the built-in ZFNet learned", occlusion=True, correspondence=True,
     )
     print(f"wrote {index} ({time.perf_counter() - t0:.0f} s on backend {backend!r}); open it in a browser")
     return 0

@@ -9,7 +9,9 @@ the network), so the folder can be zipped, mailed or opened from disk:
 - the architecture table (output shapes, parameters, receptive fields);
 - the layer-1 filters;
 - for each chosen layer, top-9 figures (fig. 2 of the paper) for a few features
-  chosen automatically, and projections of a few single images.
+  chosen automatically, and projections of a few single images;
+- optionally (``zfraw demo`` has them) occlusion sensitivity of the example images
+  (fig. 7) and the part-correspondence table (table 1) against random boxes.
 
 The dataset is scanned once, in batches, for all layers together
 (:func:`zfraw.visualize.scan_layers`).  The report is built in a temporary
@@ -31,7 +33,7 @@ from zfraw._args import int_arg
 from zfraw.backend import get_backend
 from zfraw.nn import Conv2d, Sequential
 
-__all__ = ["write_report", "DEFAULT_LAYERS"]
+__all__ = ["write_report", "DEFAULT_LAYERS", "occlusion_section", "correspondence_section", "rectified_top_conv"]
 
 DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -138,7 +140,7 @@ _CHOICE = {
 def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DEFAULT_LAYERS,
                  features_per_layer=4, n_images=1000, batch_size=64, progress=True,
                  title="What the layers respond to: deconvnet projections", how="top", k=9,
-                 n_examples=3, rule="deconvnet", description=None):
+                 n_examples=3, rule="deconvnet", description=None, occlusion=False, correspondence=False):
     """Write an HTML report of the deconvnet visualizations of ``net`` over ``dataset``.
 
     Parameters
@@ -169,6 +171,12 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
         Single images projected at each layer (their strongest feature).
     description : str, optional
         A paragraph (plain text) shown under the title, e.g. how the network was trained.
+    occlusion : bool
+        Add the occlusion section (fig. 7 of the paper) for the example images
+        (:func:`occlusion_section`; ``zfraw demo`` turns it on).
+    correspondence : bool
+        Add the part-correspondence table (table 1) when the dataset knows its part
+        boxes, as the built-in one does (:func:`correspondence_section`).
 
     Returns
     -------
@@ -195,7 +203,8 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     try:
         os.mkdir(os.path.join(tmp, "img"))
         body, seconds, anchors = _build(tmp, net, dataset, transform, mean, classes, layers, features_per_layer,
-                               n_images, batch_size, progress, how, k, n_examples, rule)
+                               n_images, batch_size, progress, how, k, n_examples, rule,
+                               occlusion, correspondence)
         page = _page(title, description, net, n_images, body, seconds, rule, anchors)
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as fh:
             fh.write(page)
@@ -207,7 +216,7 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
 
 
 def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_images, batch_size, progress,
-           how, k, n_examples, rule):
+           how, k, n_examples, rule, occlusion=False, correspondence=False):
     """Compute every picture into ``tmp/img``; returns (HTML sections, seconds taken, section anchors)."""
     t0 = time.perf_counter()
     parts, anchors = [], ["architecture"]
@@ -268,8 +277,12 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
             name = classes[lab] if classes and 0 <= lab < len(classes) else str(lab)
             parts.append(f"<figure><img src=\"{src}\" alt=\"image {i} projected at {_esc(lyr)}\">"
                          f"<figcaption>Image #{i} ({_esc(name)}).</figcaption></figure>")
-    for section in (occlusion_section(tmp, net, example_x, example_labels, mean, classes, progress=progress),
-                    correspondence_section(net, dataset, transform)):
+    sections = []
+    if occlusion:
+        sections.append(occlusion_section(tmp, net, example_x, example_labels, mean, classes, progress=progress))
+    if correspondence:
+        sections.append(correspondence_section(net, dataset, transform))
+    for section in sections:
         if section is not None:
             anchors.append(section[0])
             parts.append(section[1])
@@ -390,11 +403,14 @@ def correspondence_section(net, dataset, transform, n_images=16, random_draws=5)
     if not hasattr(dataset, "part_boxes") or any(layer not in net.layers for layer in BUILTIN_LAYERS):
         return None
     results = part_correspondence(net, dataset, transform, BUILTIN_PARTS, BUILTIN_LAYERS, n_images=n_images,
-                                  random_draws=random_draws)
+                                  random_draws=random_draws, skip_scarce=True)
+    if not results:
+        return None
+    n_images = max(next(iter(r.values()))["n"] for r in results.values())
     first, second = BUILTIN_LAYERS
     text = (f"<h2 id=\"correspondence\">Correspondence: does the network find the same part in every "
-            f"image?</h2><p>For each part, the same part (say a face's left eye) is hidden in {n_images} images "
-            f"of its class and the change of the features at a layer is compared between every two images: "
+            f"image?</h2><p>For each part, the same part (say a face's left eye) is hidden in each of {n_images} "
+            f"images of its class (fewer where the table says so) and the change of the features at a layer is compared between every two images: "
             f"&Delta; is the fraction of features whose change has a different sign, averaged over the ordered "
             f"pairs. If the network ties that part together across images, hiding it changes the features the "
             f"same way each time and &Delta; is lower than for boxes of the same size at random positions "
