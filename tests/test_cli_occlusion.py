@@ -154,3 +154,22 @@ def test_report_sections(tmp_path):
     assert table.count("<tr><td>") == 5 and "face: left_eye" in table and "pool5: random" in table
     assert report.rectified_top_conv(net) == "relu5"
     assert report.correspondence_section(net, list(dataset), transform) is None  # no part boxes
+
+
+def test_box_to_input_follows_the_eval_transform(tmp_path):
+    """A box drawn into an image lands, after ``data.eval_transform``, where box_to_input says."""
+    from zfraw import data
+    from zfraw.analysis.boxes import BoxEntry, box_to_input
+
+    for shape, box in [((40, 64), (10, 30, 20, 44)), ((64, 40), (30, 8, 50, 20)), ((16, 16), (2, 3, 9, 7))]:
+        img = np.zeros(shape + (3,), dtype=np.uint8)
+        img[box[0]:box[2], box[1]:box[3]] = 255
+        x = data.eval_transform(16, 16)(img)[0]
+        t, l, b, r = box_to_input(BoxEntry("a.png", box, "p", 1), shape, 16)
+        bright = np.argwhere(x > 0.5)
+        assert bright.min(axis=0).tolist() >= [t, l] and (bright.max(axis=0) + 1).tolist() <= [b, r]
+        assert bright.min(axis=0).tolist() <= [t + 1, l + 1] and (bright.max(axis=0) + 1).tolist() >= [b - 1, r - 1]
+    with pytest.raises(ValueError, match="line 3"):
+        box_to_input(BoxEntry("a.png", (0, 0, 5, 70), "p", 3), (40, 64), 16)
+    with pytest.raises(ValueError, match="crop"):
+        box_to_input(BoxEntry("a.png", (0, 0, 40, 5), "p", 4), (40, 64), 16)   # in the cut-off margin
