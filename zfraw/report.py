@@ -359,11 +359,12 @@ def occlusion_section(tmp, net, images, labels, mean, classes, size=None, stride
     """
     from zfraw import deconvnet
     from zfraw.analysis.occlusion import occlusion, strongest_drop
+    from zfraw.backend import to_host
     from zfraw.render.occlusion import occlusion_figure
 
     if not images or not any(isinstance(layer, Conv2d) for _, layer in net):
         return None
-    x = np.stack([np.asarray(V._host(im, "image")) for im in images])
+    x = np.stack([np.asarray(to_host(im)) for im in images])
     side = min(x.shape[-2:])
     size = size or max(1, side // 4)
     stride = stride or max(1, size // 4)
@@ -372,7 +373,7 @@ def occlusion_section(tmp, net, images, labels, mean, classes, size=None, stride
     xd = xp.asarray(x, dtype=next(iter(net.parameters().values())).dtype)
     maps = occlusion(net, xd, size, stride, layer=layer, target=np.asarray(labels, dtype=np.int64),
                      progress=progress)
-    projections = V._host(deconvnet.project(net, xd, layer, feature=maps.feature), "projection")
+    projections = np.asarray(to_host(deconvnet.project(net, xd, layer, feature=maps.feature)))
     net.clear()
     name = (lambda k: classes[k] if classes and 0 <= k < len(classes) else str(k))  # noqa: E731
     out = [f"<h2 id=\"occlusion\">Occlusion: what the network looks at</h2>",
