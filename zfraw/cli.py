@@ -140,6 +140,7 @@ def cmd_demo(args):
             args.out, net, ds, builtin.eval_transform(mean), mean, classes=classes,
             features_per_layer=args.features, progress=not args.quiet,
             title="zfraw demo: what the built-in ZFNet learned", scan_layers=scan_layers,
+            occlusion=True, correspondence=True,
         )
     print(f"wrote {index} ({time.perf_counter() - t0:.0f} s on backend {backend!r}); open it in a browser")
     return 0
@@ -349,81 +350,28 @@ def _host_float(a):
     return np.asarray(to_host(a), dtype=np.float64)
 
 
-def _read_boxes(path):
-    """A boxes file -> [(image path, (top, left, bottom, right), part)].
-
-    CSV: ``image,top,left,bottom,right[,part]`` per line (a header line starting with
-    ``image`` is skipped); JSON: a list of ``{"image": ..., "box": [t, l, b, r], "part": ...}``.
-    Image paths are relative to the boxes file's folder; boxes are in the image's own pixels.
-    """
-    import csv
-    import json
-
-    if not os.path.isfile(path):
-        raise UsageError(f"--boxes: file {path!r} does not exist")
-    folder = os.path.dirname(os.path.abspath(path))
-    entries = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if path.lower().endswith(".json"):
-                for k, item in enumerate(json.load(fh)):
-                    entries.append((item["image"], [int(v) for v in item["box"]], str(item.get("part", "part")), k))
-            else:
-                for k, row in enumerate(csv.reader(fh)):
-                    if not row or row[0].strip().lower() == "image" or row[0].lstrip().startswith("#"):
-                        continue
-                    if len(row) not in (5, 6):
-                        raise ValueError(f"expected image,top,left,bottom,right[,part], got {len(row)} fields")
-                    entries.append((row[0].strip(), [int(v) for v in row[1:5]],
-                                    row[5].strip() if len(row) == 6 else "part", k))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"--boxes: cannot read {path!r}: {exc}") from None
-    if not entries:
-        raise UsageError(f"--boxes: {path!r} holds no boxes")
-    return [(os.path.join(folder, image), tuple(box), part, k) for image, box, part, k in entries]
-
-
-def _box_to_input(box, shape, side, where):
-    """A box in an image's own pixels -> the box in the network input (shorter side resized to
-    ``side``, the central side x side crop, as ``data.eval_transform(side, side)``)."""
-    import math
-
-    h, w = shape[:2]
-    if h <= w:
-        nh, nw = side, max(1, int(round(w * side / h)))
-    else:
-        nh, nw = max(1, int(round(h * side / w))), side
-    top, left = (nh - side) // 2, (nw - side) // 2
-    t, l, b, r = box
-    if not (0 <= t < b <= h and 0 <= l < r <= w):
-        raise UsageError(f"--boxes: {where}: box {box} is not inside the {h}x{w} image")
-    t, b = math.floor(t * nh / h) - top, math.ceil(b * nh / h) - top
-    l, r = math.floor(l * nw / w) - left, math.ceil(r * nw / w) - left
-    t, l, b, r = max(t, 0), max(l, 0), min(b, side), min(r, side)
-    if b <= t or r <= l:
-        raise UsageError(f"--boxes: {where}: box {box} falls outside the central crop the network sees")
-    return t, l, b, r
-
-
 def cmd_correspond(args):
     from zfraw import builtin, data, synthetic
-    from zfraw.analysis.correspondence import correspondence, part_correspondence
+    from zfraw.analysis.boxes import box_to_input, read_boxes
+    from zfraw.analysis.correspondence import BUILTIN_LAYERS, correspondence, part_correspondence
     from zfraw.render.correspondence import html_table, markdown_table
 
     if args.output:
         _check_output(args.output, (".md", ".html"))
     backend = _select_backend(args.backend)
     net, _, mean = _load_net(args.weights)
-    layers = [net.check_layer(name) for name in (args.layers or "pool5,relu7").split(",") if name.strip()]
+    if args.layers is None and not all(name in net.layers for name in BUILTIN_LAYERS):
+        raise UsageError(f"--layers: give the layers to compare (the model has no {' and '.join(BUILTIN_LAYERS)})")
+    layers = [net.check_layer(name.strip()) for name in (args.layers or ",".join(BUILTIN_LAYERS)).split(",")
+              if name.strip()]
     options = dict(fill=args.fill, random_draws=args.draws, seed=args.seed)
     if args.boxes:
         side = _input_side(net)
         transform = data.eval_transform(side, side, mean)
         groups = {}
-        for image, box, part, k in _read_boxes(args.boxes):
-            img = data.load_image(image)
-            where = f"line {k + 1} ({os.path.basename(image)})"
-            groups.setdefault(part, []).append((transform(img), _box_to_input(box, img.shape, side, where)))
+        for entry in read_boxes(args.boxes):
+            img = data.load_image(entry.image)
+            groups.setdefault(entry.part, []).append((transform(img), box_to_input(entry, img.shape, side)))
         results = {}
         for part, items in groups.items():
             if len(items) < 2:

@@ -532,7 +532,7 @@ def render(label, rng, size=64, return_parts=False):
     numpy.ndarray
         uint8 (size, size, 3), RGB.
     parts : dict, with ``return_parts``
-        part name -> :class:`Part` (box and mask), for the names in ``PARTS[class]``.
+        part name -> :class:`Part` (box and mask), for the names of ``PARTS[class]``, in that order.
     """
     name = CLASSES[_label_index(label)]
     size = _check_size(size)
@@ -567,7 +567,8 @@ def render(label, rng, size=64, return_parts=False):
     if not return_parts:
         return img
     # clutter and stripes are drawn outside any part block, so only the object's parts are here
-    return img, _name_parts(paint.parts, big)
+    parts = _name_parts(paint.parts, big)
+    return img, {part: parts[part] for part in PARTS[name]}
 
 
 def _split_key(split):

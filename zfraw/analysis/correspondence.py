@@ -205,7 +205,7 @@ BUILTIN_LAYERS = ("pool5", "relu7")
 
 
 def part_correspondence(net, dataset, transform, parts=BUILTIN_PARTS, layers=BUILTIN_LAYERS, n_images=20,
-                        **options):
+                        skip_scarce=False, **options):
     """:func:`correspondence` for several parts of a dataset that knows its part boxes.
 
     Parameters
@@ -222,6 +222,8 @@ def part_correspondence(net, dataset, transform, parts=BUILTIN_PARTS, layers=BUI
         As in :func:`correspondence` (``fill``, ``random_draws``, ``seed``).
     n_images : int
         Images per part: the first ``n_images`` of the class whose part is in the image.
+    skip_scarce : bool
+        Leave out a part the dataset has fewer than 2 images of (else a ValueError).
 
     Returns
     -------
@@ -235,6 +237,11 @@ def part_correspondence(net, dataset, transform, parts=BUILTIN_PARTS, layers=BUI
     results = {}
     for label, part in parts:
         _, images, boxes = dataset.part_boxes(label, part, n_images)
+        if len(images) < 2:
+            if skip_scarce:
+                continue
+            raise ValueError(f"dataset: it has {len(images)} image(s) of {label!r} with a {part!r}; "
+                             f"Delta needs at least 2")
         x = np.stack([transform(image) for image in images])
         if x.shape[-2:] != images.shape[1:3]:
             raise ValueError(f"transform: it changes the image size ({images.shape[1:3]} -> {x.shape[-2:]}), "
