@@ -323,6 +323,13 @@ def test_emulated_im2col_col2im_match_reference_bit_for_bit(emulated, rng, dtype
             back = cuda.col2im(d, shape, *g)
         # the gather adds the taps in the reference's order: the same bits
         np.testing.assert_array_equal(back, vectorized.col2im(d, shape, *g))
+        # the tile layout (C*kh*kw, N*Ho*Wo): the same values, the image axis beside the positions
+        with _index_mode(index):
+            tile = cuda.im2col_tile(x, *g)
+            tile_back = cuda.col2im_tile(d.transpose(1, 0, 2).reshape(tile.shape), shape, *g)
+        np.testing.assert_array_equal(tile, vectorized.im2col_tile(x, *g))
+        np.testing.assert_array_equal(tile, cols.transpose(1, 0, 2).reshape(tile.shape))
+        np.testing.assert_array_equal(tile_back, back)
     _check_index_type(emulated, index)
 
 

@@ -166,12 +166,12 @@ def _gradient_checks(rng, dev):
 
 
 def small_net(seed=0):
-    """A tiny float64 net with every layer type (input normalization, conv, relu, pool, norm,
-    flatten, linear, dropout, softmax)."""
+    """A tiny float64 net with every layer type (input normalization, conv, relu, pool, LRN, flatten,
+    linear, dropout, softmax)."""
     from zfraw import nn
 
     layers = [
-        ("input", nn.Normalize("BGR", 2.0, (0.1, 0.2, 0.3), (0.5, 1.0, 2.0))),
+        ("input", nn.Normalize("BGR", 2.0, mean=(0.1, -0.2, 0.3), std=(0.9, 1.1, 1.3))),
         ("conv1", nn.Conv2d(3, 4, 3, 1, 1, init_std=0.5, seed=seed)), ("relu1", nn.ReLU()),
         ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)), ("norm1", nn.LocalResponseNorm(3, 0.5, 0.75, 1.0)),
         ("conv2", nn.Conv2d(4, 6, 3, 2, 1, groups=2, init_std=0.5, seed=seed + 1)), ("relu2", nn.ReLU()),

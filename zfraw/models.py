@@ -27,7 +27,7 @@ from zfraw.nn import (
     Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU, Sequential,
 )
 
-__all__ = ["zfnet", "alexnet", "alexnet_torchvision", "zfnet_mini", "MODELS", "build"]
+__all__ = ["zfnet", "alexnet", "alexnet_torchvision", "zfnet_mini", "alexnet_mini", "MODELS", "build"]
 
 INIT_STD = 1e-2
 
@@ -170,6 +170,43 @@ def zfnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256, 
     return Sequential(layers, input_shape=(3, input_size, input_size), name="zfnet_mini")
 
 
+def alexnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256, input_size=64,
+                 dropout=0.5, init_std=INIT_STD, first_init_std=None):
+    """``zfnet_mini`` with AlexNet's first layer (11x11, stride 4) instead of ZFNet's (7x7, stride 2).
+
+    The paper's fig. 6 compares the two first layers; this net makes that
+    comparison at 64x64.  ``zfnet_mini`` scales ZFNet by keeping its first
+    layer's geometry as it is (7x7 stride 2, padded to give 32x32 maps) and
+    narrowing the widths, with conv2's stride 2 -> 1 so that a 64x64 image
+    still has 16x16 maps at conv2.  ``alexnet_mini`` keeps AlexNet's first
+    layer as it is the same way: conv1 11x11 stride 4 pad 5 (64 -> 16), and
+    pool1 3x3 stride 1 pad 1 (16 -> 16) in place of zfnet_mini's stride-2
+    pool, so that conv2 sees the same 16x16 grid with the same total stride 4.
+    Every later layer then has zfnet_mini's shape and parameter count, and the
+    two nets differ only in the first layer's filter size and stride (and in a
+    parameter-free pooling stride).  Arguments as in :func:`zfnet_mini`.
+    """
+    num_classes = _check_classes(num_classes)
+    if len(widths) != 5:
+        raise ValueError(f"widths must give 5 conv widths, got {widths!r}")
+    c1, c2, c3, c4, c5 = (int(w) for w in widths)
+    s = _Seeds(seed)
+    conv_layers = [
+        ("conv1", _conv(s, 3, c1, 11, 4, 5, std=init_std if first_init_std is None else first_init_std)),
+        ("relu1", ReLU()),
+        ("pool1", MaxPool2d(3, 1, pad=1)), ("norm1", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
+        ("conv2", _conv(s, c1, c2, 5, 1, 2, std=init_std)), ("relu2", ReLU()),
+        ("pool2", MaxPool2d(3, 2, ceil_mode=True)), ("norm2", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
+        ("conv3", _conv(s, c2, c3, 3, 1, 1, std=init_std)), ("relu3", ReLU()),
+        ("conv4", _conv(s, c3, c4, 3, 1, 1, std=init_std)), ("relu4", ReLU()),
+        ("conv5", _conv(s, c4, c5, 3, 1, 1, std=init_std)), ("relu5", ReLU()),
+        ("pool5", MaxPool2d(3, 2, ceil_mode=True)),
+    ]
+    side = _pooled_side(conv_layers, input_size)
+    layers = conv_layers + _classifier(s, c5 * side * side, hidden, num_classes, dropout, std=init_std)
+    return Sequential(layers, input_shape=(3, input_size, input_size), name="alexnet_mini")
+
+
 def _pooled_side(layers, size):
     """Spatial side after the windowed layers of ``layers`` for a size x size input."""
     from zfraw.functional import conv_output_size, pool_output_size
@@ -182,11 +219,12 @@ def _pooled_side(layers, size):
     return size
 
 
-MODELS = {"zfnet": zfnet, "alexnet": alexnet, "alexnet_torchvision": alexnet_torchvision, "zfnet_mini": zfnet_mini}
+MODELS = {"zfnet": zfnet, "alexnet": alexnet, "alexnet_torchvision": alexnet_torchvision, "zfnet_mini": zfnet_mini,
+          "alexnet_mini": alexnet_mini}
 
 
 def build(name, **kwargs):
-    """A model by name (``zfnet``, ``alexnet``, ``alexnet_torchvision``, ``zfnet_mini``)."""
+    """A model by name (``zfnet``, ``alexnet``, ``alexnet_torchvision``, ``zfnet_mini``, ``alexnet_mini``)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name](**kwargs)
