@@ -214,17 +214,6 @@ def _images_net(args):
     return net, extra.get("classes"), mean, data.eval_transform(side, side, mean)
 
 
-def _check_output(path, suffix):
-    """An output path must end in ``suffix`` and lie in a writable folder (checked before any work)."""
-    if not path.endswith(suffix):
-        raise UsageError(f"output {path!r} must end in {suffix}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"output {path!r} is a folder")
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write {path!r}: the folder {folder!r} does not exist or is not writable")
-
-
 def _input_side(net):
     if net.input_shape is None:
         raise UsageError("the model does not record its input size; it cannot preprocess images")
