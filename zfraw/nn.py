@@ -21,6 +21,7 @@ never look at which backend runs: parameters are arrays of the active backend
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -29,11 +30,13 @@ from collections import OrderedDict
 import numpy as np
 
 from zfraw import functional as F
+from zfraw._args import shape_arg
 from zfraw.backend import get_backend, to_host
 
 __all__ = [
     "Layer", "Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm", "Linear", "Dropout",
-    "Flatten", "Sequential", "load", "LAYER_TYPES",
+    "Flatten", "Sequential", "load", "LAYER_TYPES", "atomic_write", "atomic_savez",
+    "temporary_pattern", "remove_stale_temporaries",
 ]
 
 
@@ -347,7 +350,7 @@ class Sequential:
             if lname in self.layers:
                 raise ValueError(f"layer name {lname!r} is used twice")
             self.layers[lname] = layer
-        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.input_shape = None if input_shape is None else shape_arg("input_shape", input_shape, (3,))
         self.name = name
         self.activations = OrderedDict()
 
@@ -468,6 +471,11 @@ class Sequential:
         for k, v in state.items():
             if k not in own:
                 continue
+            kind = getattr(getattr(v, "dtype", None), "kind", None)
+            if kind is None:
+                raise TypeError(f"state[{k!r}] must be an array, got {type(v).__name__}")
+            if kind not in "fiu":  # complex would lose its imaginary part, bool/str/object mean nothing here
+                raise TypeError(f"state[{k!r}] must hold real numbers, got dtype {v.dtype}")
             if tuple(v.shape) != tuple(own[k].shape):
                 raise ValueError(f"parameter {k} has shape {tuple(own[k].shape)} but the state gives {tuple(v.shape)}")
             self.set_parameter(k, xp.asarray(v, dtype=own[k].dtype))
@@ -543,15 +551,46 @@ class Sequential:
         return f"Sequential(\n{inner}\n)"
 
 
+def temporary_pattern(path, suffix=".tmp"):
+    """The glob pattern of the temporaries :func:`atomic_write` makes beside ``path``.
+
+    They are named ``.<name>.<8 random characters><suffix>`` in ``path``'s folder
+    (hidden, and naming the file they become), so that a write killed half-way
+    leaves a file that :func:`remove_stale_temporaries` can recognise as ours.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    return os.path.join(glob.escape(folder), glob.escape(f".{name}.") + "?" * 8 + glob.escape(suffix))
+
+
+def remove_stale_temporaries(path, suffix=".tmp"):
+    """Delete the temporaries a killed :func:`atomic_write` to ``path`` left behind; returns their paths.
+
+    Call it when a run starts, before it writes ``path`` (a concurrent writer of
+    the same file would lose its temporary; two runs must not share an output).
+    The default ``suffix`` ``".tmp"`` matches every temporary of ``path``
+    (``.npz.tmp``, ``.png.tmp``, ...).
+    """
+    removed = []
+    for stale in sorted(glob.glob(temporary_pattern(path, "") + "*" + glob.escape(suffix))):
+        try:
+            os.unlink(stale)
+        except FileNotFoundError:
+            continue
+        removed.append(stale)
+    return removed
+
+
 def atomic_write(path, write, suffix=".tmp"):
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
 
-    A failure leaves no partial file (and an existing ``path`` untouched).
+    A failure leaves no partial file (and an existing ``path`` untouched); a
+    process killed half-way leaves only the temporary (see :func:`temporary_pattern`).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
