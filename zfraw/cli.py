@@ -110,6 +110,9 @@ def _read_model_file(path, option, read):
         return read(path)
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         text = _describe(exc)
+        if "pickle" in text:  # NumPy's advice to load it unsafely: never; it is simply not our format
+            raise UsageError(f"{option} {path!r} is not a zfraw model file (not a .npz archive of arrays); "
+                             f"give a .npz written by zfraw (net.save, zfraw train)") from exc
         if _names_file(text, path):
             raise UsageError(f"{option}: {text}") from exc
         raise UsageError(f"{option} {path!r} is not a readable zfraw model file ({text}); "
@@ -257,12 +260,15 @@ def _about_builtin_images(n):
 
 
 def cmd_demo(args):
-    from zfraw import builtin, data, report
+    from zfraw import builtin, data, nn, report
 
     check_output_folder(args.out, "--out")
     backend = _select_backend(args.backend)
     net, model_classes, mean, label = _load_net(args.weights)
     side = _input_side(net)
+    layers = [n for n, lyr in net if isinstance(lyr, nn.Conv2d)]
+    if not layers:
+        raise UsageError(f"--weights {args.weights!r}: the model has no convolution layer to show")
     ds = builtin.dataset("val", n_per_class=max(1, math.ceil(args.images / 10)))
     if args.weights is None:
         title = "zfraw demo: what the built-in ZFNet learned"
@@ -270,7 +276,7 @@ def cmd_demo(args):
         title = f"zfraw demo: what {label} learned"
     t0 = time.perf_counter()
     index = report.write_report(
-        args.out, net, ds, data.eval_transform(side, side, mean), mean, classes=ds.classes,
+        args.out, net, ds, data.eval_transform(side, side, mean), mean, classes=ds.classes, layers=layers,
         model_classes=model_classes, features_per_layer=args.features, n_images=args.images,
         progress=not args.quiet, title=title, about_images=_about_builtin_images(min(args.images, len(ds))),
         description=f"The model: {label}.",
@@ -357,8 +363,15 @@ def _batch_size(requested, n):
     return n
 
 
+#: ``--init`` choices: keyword arguments of the model builders, and what to print
+INITS = {
+    "he": (dict(init_std="he"), "He N(0, 2/fan_in) in every layer"),
+    "builtin": (dict(init_std="he", first_init_std=1e-2), "He N(0, 2/fan_in), conv1 N(0, 1e-2) (the built-in model's)"),
+    "paper": (dict(init_std=1e-2), "the paper's N(0, 1e-2) in every layer"),
+}
+
 #: the default recipe of ``zfraw train --data`` (documented in --help and the README)
-FOLDER_RECIPE = dict(init="he", first_init_std=1e-2, lr=1e-2, batch_size=16, weight_decay=5e-4, epochs=30,
+FOLDER_RECIPE = dict(init="he", lr=1e-2, batch_size=16, weight_decay=5e-4, epochs=30,
                      lr_factor=10.0, lr_floor_ratio=100.0, pad_width=4, momentum=0.9)
 
 
@@ -396,7 +409,7 @@ def _train_folder(args):
     weight_decay = r["weight_decay"] if args.weight_decay is None else args.weight_decay
     seed = 0 if args.seed is None else args.seed
     init = args.init or r["init"]
-    init_kw = (dict(init_std="he", first_init_std=r["first_init_std"]) if init == "he" else dict(init_std=1e-2))
+    init_kw, init_text = INITS[init]
     net = models.build(model, num_classes=len(ds.classes), seed=seed, **init_kw)
     side = _input_side(net)
     size = args.size or side
@@ -405,7 +418,6 @@ def _train_folder(args):
     if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
         _check_resumable(args.checkpoint, ds.classes)
 
-    init_text = ("He N(0, 2/fan_in), conv1 N(0, 1e-2)" if init == "he" else "the paper's N(0, 1e-2) everywhere")
     print(f"training {model} ({side}x{side}) on {len(ds)} images of {len(ds.classes)} classes "
           f"({', '.join(ds.classes)}) on backend {backend!r}; init: {init_text}")
     print(f"computing the per-channel mean of {len(ds)} images ...")
@@ -436,9 +448,10 @@ def _train_folder(args):
 
     schedule = train.PlateauSchedule(factor=r["lr_factor"], patience=patience, min_lr=min_lr,
                                      monitor="val_loss" if val is not None else "train_loss")
-    history = train.fit(net, train_batches, val_batches if val is not None else None, epochs=epochs, lr=lr,
-                        momentum=r["momentum"], weight_decay=weight_decay, checkpoint=args.checkpoint,
-                        resume=args.resume, schedule=schedule, extra=meta, on_epoch=on_epoch)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run ends in fit's FloatingPointError
+        history = train.fit(net, train_batches, val_batches if val is not None else None, epochs=epochs, lr=lr,
+                            momentum=r["momentum"], weight_decay=weight_decay, checkpoint=args.checkpoint,
+                            resume=args.resume, schedule=schedule, extra=meta, on_epoch=on_epoch)
     if best is not None and best.saved_epoch is not None:
         print(f"saved {out}: the model of epoch {best.saved_epoch} of {len(history.epoch)}, the best on --val "
               f"(validation accuracy {best.acc:.3f}, loss {best.loss:.4f})")
@@ -587,7 +600,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings):
+        if ("default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
 
@@ -605,8 +619,10 @@ def _add_weights(p):
 _TRAIN_HELP = """\
 --data DIR trains on a folder of class folders (DIR/<class>/<images>); the default recipe is
 chosen for small folders (tens to thousands of images):
-  init         He N(0, 2/fan_in), conv1 N(0, 1e-2) (as the built-in model); --init paper for the
-               paper's N(0, 1e-2) everywhere, which leaves these nets at chance for many epochs
+  init         He N(0, 2/fan_in) in every layer; --init builtin keeps conv1 at N(0, 1e-2) as the
+               built-in model does (prettier conv1 filters, a slower start on small folders);
+               --init paper is the paper's N(0, 1e-2) everywhere, which leaves these nets at
+               chance for many epochs
   SGD          lr 1e-2, momentum 0.9, weight decay 5e-4, batch 16 (smaller, with a warning, when
                there are fewer images), the paper's filter renormalization (RMS <= 0.1)
   schedule     lr / 10 when the validation loss (the training loss without --val) has not
@@ -649,13 +665,14 @@ def build_parser():
     s = command("train", "train a model on a folder of class folders (--data), or the shipped one (--builtin)",
                 epilog=_TRAIN_HELP)
     s.add_argument("--builtin", action="store_true", help="reproduce the built-in model with its recipe")
-    s.add_argument("--data", metavar="DIR", help="a folder of class folders to train on (instead of --builtin)")
+    s.add_argument("--data", metavar="DIR", help="a folder of class folders to train on (default: none; give it or --builtin)")
     s.add_argument("--val", metavar="DIR", help="a folder with the same class folders, for validation; the saved "
                    "model is then the one with the best validation accuracy (default: none)")
     s.add_argument("--model", default=None, choices=["zfnet_mini", "zfnet", "alexnet"],
                    help="the network (default: zfnet_mini, 64x64 input)")
-    s.add_argument("--init", default=None, choices=["he", "paper"],
-                   help="he: N(0, 2/fan_in), conv1 N(0, 1e-2); paper: N(0, 1e-2) everywhere (default: he)")
+    s.add_argument("--init", default=None, choices=sorted(INITS),
+                   help="he: N(0, 2/fan_in) everywhere; builtin: the same but conv1 N(0, 1e-2) (the built-in "
+                        "model's); paper: N(0, 1e-2) everywhere (default: he)")
     s.add_argument("--size", type=positive_int, default=None, metavar="S",
                    help="resize the shorter side to S, keep the centre SxS, then crop the model's input from it "
                         "(default: the model's input side)")
