@@ -371,7 +371,7 @@ INITS = {
 }
 
 #: the default recipe of ``zfraw train --data`` (documented in --help and the README)
-FOLDER_RECIPE = dict(init="he", lr=1e-2, batch_size=16, weight_decay=5e-4, epochs=30,
+FOLDER_RECIPE = dict(init="he", lr=5e-3, batch_size=16, weight_decay=5e-4, epochs=30,
                      lr_factor=10.0, lr_floor_ratio=100.0, pad_width=4, momentum=0.9)
 
 
@@ -623,8 +623,9 @@ chosen for small folders (tens to thousands of images):
                built-in model does (prettier conv1 filters, a slower start on small folders);
                --init paper is the paper's N(0, 1e-2) everywhere, which leaves these nets at
                chance for many epochs
-  SGD          lr 1e-2, momentum 0.9, weight decay 5e-4, batch 16 (smaller, with a warning, when
-               there are fewer images), the paper's filter renormalization (RMS <= 0.1)
+  SGD          lr 5e-3 (half the paper's: the batches are small), momentum 0.9, weight decay 5e-4,
+               batch 16 (the whole folder, with a warning, when it has fewer images), 30 epochs,
+               the paper's filter renormalization (RMS <= 0.1)
   schedule     lr / 10 when the validation loss (the training loss without --val) has not
                improved for PATIENCE epochs, never below lr / 100; PATIENCE defaults to about
                100 updates' worth of epochs, between 3 and 10 (--patience)
@@ -679,7 +680,7 @@ def build_parser():
     s.add_argument("--epochs", type=positive_int, default=None, metavar="N",
                    help="epochs (default: 30 with --data, 20 with --builtin)")
     s.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="minibatch size (default: 16)")
-    s.add_argument("--lr", type=positive_float, default=None, help="initial learning rate (default: 1e-2)")
+    s.add_argument("--lr", type=positive_float, default=None, help="initial learning rate (default: 5e-3)")
     s.add_argument("--weight-decay", type=non_negative_float, default=None, metavar="WD",
                    help="L2 weight decay on the weights (default: 5e-4)")
     s.add_argument("--patience", type=positive_int, default=None, metavar="P",
