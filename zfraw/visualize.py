@@ -627,7 +627,7 @@ def beside_input(picture, image, box, text, colour=(255, 0, 0)):
                             Image.NEAREST if scale >= 1 else Image.BILINEAR)
     t, l, b, r = (v * scale for v in box)
     ImageDraw.Draw(shown).rectangle([l, t, r - 1, b - 1], outline=colour, width=max(2, round(2 * scale)))
-    return _beside(caption(shown, text, size=max(12, picture.height // 30)), picture)
+    return _beside(caption(shown, text, size=max(12, picture.height // 22)), picture)
 
 
 # --------------------------------------------------------------------------- filters
