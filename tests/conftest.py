@@ -68,3 +68,15 @@ def draw_two_class_folder(root, n_per_class, seed, size=64):
                     draw.rectangle([t, 0, t + w - 1, size] if vertical else [0, t, size, t + w - 1], fill=fg)
             im.save(os.path.join(root, kind, f"{i:03d}.png"))
     return str(root)
+
+
+def run_cli(argv, capsys):
+    """``zfraw.cli.main(argv)`` in process: (status, stdout, stderr); argparse errors come back as status 2."""
+    from zfraw import cli
+
+    try:
+        status = cli.main(argv)
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 import zfraw
-from zfraw import cli, nn
+from conftest import run_cli
+from test_cli import image, weights  # noqa: F401  (the fixtures: a tiny model file, an image)
+from zfraw import cli
 
 
 @pytest.fixture(autouse=True)
@@ -21,28 +23,6 @@ def keep_backend():
     name = zfraw.get_backend().name
     yield
     zfraw.set_backend(name)
-
-
-def tiny_net(bias=0.0):
-    net = nn.Sequential([
-        ("conv1", nn.Conv2d(3, 4, 3, 1, 1, seed=1)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-        ("flatten", nn.Flatten()), ("fc8", nn.Linear(4 * 8 * 8, 3, seed=2)),
-    ], input_shape=(3, 16, 16), name="tiny")
-    net["conv1"].params["b"][...] = bias
-    return net
-
-
-@pytest.fixture
-def weights(tmp_path):
-    return str(tiny_net().save(tmp_path / "tiny.npz", classes=["a", "b", "c"], mean=[0.5, 0.5, 0.5]))
-
-
-@pytest.fixture
-def image(tmp_path):
-    pixels = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
-    path = tmp_path / "img.png"
-    Image.fromarray(pixels).save(path)
-    return str(path)
 
 
 def one_line(err, command):
@@ -60,16 +40,6 @@ def zfraw_process(*argv, env=None, **kw):
     full.update(env or {})
     return subprocess.run([sys.executable, "-m", "zfraw", *argv], capture_output=True, text=True, timeout=120,
                           env=full, **kw)
-
-
-def run_main(argv, capsys):
-    """cli.main in process: (status, stdout, stderr); argparse errors come back as status 2 too."""
-    try:
-        status = cli.main(argv)
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 # ============================================================== in a subprocess
@@ -104,7 +74,7 @@ def test_a_closed_pipe_ends_quietly(argv):
     assert err.decode().strip() == ""
 
 
-def test_bad_weights_files_name_the_file(tmp_path, image):
+def test_bad_weights_files_name_the_file(tmp_path, image, weights):
     """A folder, a JPEG, an empty and a truncated file as --weights: one line each, the file named."""
     folder = tmp_path / "weights_dir"
     folder.mkdir()
@@ -112,9 +82,8 @@ def test_bad_weights_files_name_the_file(tmp_path, image):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg)
     empty = tmp_path / "empty.npz"
     empty.write_bytes(b"")
-    good = tiny_net().save(tmp_path / "good.npz", classes=["a", "b", "c"])
     truncated = tmp_path / "truncated.npz"
-    truncated.write_bytes(open(good, "rb").read()[:300])
+    truncated.write_bytes(open(weights, "rb").read()[:300])
     for bad in (folder, jpeg, empty, truncated):
         proc = zfraw_process("project", image, "--weights", str(bad), "--layer", "conv1",
                              "-o", str(tmp_path / "p.png"))
@@ -166,7 +135,7 @@ def test_a_diverging_run_is_one_line(tmp_path):
     (["train", "--data", "x", "--lr", "-1"], "--lr"),
 ])
 def test_invalid_option_values_are_refused(argv, option, capsys):
-    status, out, err = run_main(argv, capsys)
+    status, out, err = run_cli(argv, capsys)
     assert status == 2 and out == ""
     assert option in one_line(err, argv[0])
 
@@ -180,14 +149,14 @@ def test_invalid_option_values_are_refused(argv, option, capsys):
 ])
 def test_options_that_exclude_each_other(argv, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    status, out, err = run_main(argv, capsys)
+    status, out, err = run_cli(argv, capsys)
     assert status == 2
     line = one_line(err, argv[0])
     assert all(w in line for w in words), line
 
 
 def test_version(capsys):
-    status, out, _ = run_main(["--version"], capsys)
+    status, out, _ = run_cli(["--version"], capsys)
     assert status == 0 and out.strip() == f"zfraw {zfraw.__version__}"
 
 
@@ -219,7 +188,7 @@ def test_every_option_has_a_help_line_with_its_default():
 # ============================================================== in process: files and layers
 
 def test_filters_of_a_layer_without_weights(weights, tmp_path, capsys):
-    status, _, err = run_main(["filters", "--weights", weights, "--layer", "relu1", "--backend", "numpy",
+    status, _, err = run_cli(["filters", "--weights", weights, "--layer", "relu1", "--backend", "numpy",
                                "-o", str(tmp_path / "f.png")], capsys)
     assert status == 2
     line = one_line(err, "filters")
@@ -228,7 +197,7 @@ def test_filters_of_a_layer_without_weights(weights, tmp_path, capsys):
 
 @pytest.mark.parametrize("name, why", [("out.txt", "not a picture format"), ("out", "no suffix")])
 def test_project_refuses_an_unknown_picture_suffix(weights, image, tmp_path, capsys, name, why):
-    status, _, err = run_main(["project", image, "--weights", weights, "--layer", "conv1", "--backend", "numpy",
+    status, _, err = run_cli(["project", image, "--weights", weights, "--layer", "conv1", "--backend", "numpy",
                                "-o", str(tmp_path / name)], capsys)
     assert status == 2
     line = one_line(err, "project")
@@ -246,7 +215,7 @@ def test_output_paths_checked_before_any_work(weights, image, tmp_path, capsys):
         (["demo", "--out", str(afile)], "demo"),
     ]
     for argv, command in cases:
-        status, out, err = run_main(argv + ["--weights", weights, "--backend", "numpy"], capsys)
+        status, out, err = run_cli(argv + ["--weights", weights, "--backend", "numpy"], capsys)
         assert status == 2, (argv, err)
         assert str(argv[-1]).rstrip(os.sep) in one_line(err, command).replace(os.sep + "'", "'")
 
@@ -265,7 +234,7 @@ def test_main_turns_expected_errors_into_one_line(exc, words, monkeypatch, capsy
         raise exc
 
     monkeypatch.setattr(cli, "cmd_summary", failing)
-    status, out, err = run_main(["summary"], capsys)
+    status, out, err = run_cli(["summary"], capsys)
     assert status == 2
     line = one_line(err, "summary")
     assert all(w in line for w in words), line
@@ -278,7 +247,7 @@ def test_a_read_only_place_is_refused_before_training(tmp_path, monkeypatch, cap
         raise OSError(errno.EROFS, "Read-only file system", kw.get("dir", "?"))
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    status, _, err = run_main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.npz")], capsys)
+    status, _, err = run_cli(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.npz")], capsys)
     assert status == 2
     line = one_line(err, "train")
     assert "--out" in line and "m.npz" in line and "Read-only" in line
@@ -287,12 +256,21 @@ def test_a_read_only_place_is_refused_before_training(tmp_path, monkeypatch, cap
 def test_check_honours_zfraw_backend(monkeypatch, capsys):
     from zfraw import checks
 
-    seen = []
-    monkeypatch.setattr(checks, "main", lambda backend, seed: seen.append(backend) or 0)
-    for name in zfraw.backends()[:2]:  # numpy, and numba where it is installed
+    chosen, ran = [], []
+
+    class Active:
+        name = None
+
+    def set_backend(name):
+        chosen.append(name)
+        Active.name = name
+
+    monkeypatch.setattr(zfraw, "set_backend", set_backend)
+    monkeypatch.setattr(zfraw, "get_backend", lambda: Active)
+    monkeypatch.setattr(checks, "main", lambda backend, seed: ran.append(backend) or 0)
+    for name in ("numpy", "numba", "cuda"):
         monkeypatch.setenv("ZFRAW_BACKEND", name)
-        assert run_main(["check"], capsys)[0] == 0
-    assert seen == zfraw.backends()[:2]
-    monkeypatch.setenv("ZFRAW_BACKEND", "numpy")
-    assert run_main(["check", "--backend", zfraw.backends()[-1]], capsys)[0] == 0
-    assert seen[-1] == zfraw.backends()[-1]  # --backend wins over the variable
+        assert run_cli(["check"], capsys)[0] == 0
+    monkeypatch.setenv("ZFRAW_BACKEND", "cuda")
+    assert run_cli(["check", "--backend", "numpy"], capsys)[0] == 0  # --backend wins over the variable
+    assert chosen == ran == ["numpy", "numba", "cuda", "numpy"]

@@ -218,7 +218,25 @@ def test_shapes_given_as_strings_or_floats_are_refused_everywhere():
             nn.Sequential([("relu", nn.ReLU())], input_shape=bad)
         with pytest.raises(TypeError, match="input_shape"):
             visualize.architecture_table(nn.Sequential([("relu", nn.ReLU())]), input_shape=bad)
+        with pytest.raises(TypeError, match="input_shape"):
+            nn.Sequential([("relu", nn.ReLU())]).summary(bad)
     assert nn.Sequential([("relu", nn.ReLU())], input_shape=np.array([3, 4, 4])).input_shape == (3, 4, 4)
+
+
+@pytest.mark.parametrize("raw", ["abc", "-5", "0", "nan", "inf", "1e-9"])
+def test_a_bad_workspace_variable_names_itself(raw):
+    from zfraw import backend
+
+    with pytest.raises(ValueError, match="ZFRAW_WORKSPACE_MB") as info:
+        backend.workspace_from_env(raw)
+    assert repr(raw) in str(info.value)
+
+
+def test_good_workspace_values():
+    from zfraw import backend
+
+    assert backend.workspace_from_env("") == 256 * 2**20
+    assert backend.workspace_from_env(" 1.5 ") == int(1.5 * 2**20)
 
 
 def test_a_numpy_scalar_is_not_told_to_move_to_another_backend():

@@ -390,7 +390,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from conftest import draw_two_class_folder  # noqa: E402
+from conftest import draw_two_class_folder, run_cli  # noqa: E402
 
 
 def zfraw_env(**extra):
@@ -470,17 +470,6 @@ sys.exit(main(sys.argv[1:]))
     with np.load(ck) as done:
         meta = json.loads(bytes(done["__zfraw__"]).decode())
     assert meta["epoch"] == 3 and meta["history"]["epoch"] == [1, 2, 3]
-
-
-def run_cli(argv, capsys):
-    from zfraw import cli
-
-    try:
-        status = cli.main(argv)
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_train_guards_refuse_before_the_first_epoch(folders, tmp_path, capsys):

@@ -51,26 +51,26 @@ def positive_int(text):
     return value
 
 
-def positive_float(text):
-    """argparse type: a finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+def _float_type(minimum, strict):
+    """An argparse type: a finite float > ``minimum`` (``strict``) or >= ``minimum``."""
+    relation = ">" if strict else ">="
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+            raise argparse.ArgumentTypeError(f"expected a finite number {relation} {minimum:g}, got {text!r}")
+        return value
+
+    parse.__name__ = f"number {relation} {minimum:g}"
+    return parse
 
 
-def non_negative_float(text):
-    """argparse type: a finite float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+#: argparse types: a finite float > 0, and >= 0
+positive_float = _float_type(0.0, strict=True)
+non_negative_float = _float_type(0.0, strict=False)
 
 
 def feature_list(text):
@@ -297,13 +297,7 @@ def _train_builtin(args):
     _forbid(args, "--builtin", ("data", "val", "model", "size", "lr", "batch_size", "weight_decay", "init",
                                 "patience", "seed"),
             "--builtin trains the shipped model with its own recipe (see zfraw.builtin.RECIPE)")
-    out = check_output_file(args.out or "zfnet_mini.npz", "--out", [".npz"])
-    if args.checkpoint:
-        _check_checkpoint(args.checkpoint, out)
-    elif args.resume:
-        raise UsageError("--resume needs --checkpoint FILE (the checkpoint to continue from)")
-    if args.snapshots:
-        check_output_folder(args.snapshots, "--snapshots")
+    out = _train_outputs(args, "zfnet_mini.npz")
     backend = _select_backend(args.backend)
     print(f"training the built-in zfnet_mini on backend {backend!r} -> {out}")
     t0 = time.perf_counter()
@@ -313,10 +307,27 @@ def _train_builtin(args):
     return 0
 
 
-def _check_checkpoint(checkpoint, out):
-    check_output_file(checkpoint, "--checkpoint", [".npz"])
-    if os.path.abspath(checkpoint) == os.path.abspath(out):
-        raise UsageError(f"--checkpoint and --out are the same file {out!r}; give them different names")
+def _train_outputs(args, default_out):
+    """Check --out, --checkpoint (with --resume) and --snapshots before any work; remove stale temporaries.
+
+    Returns the --out path.
+    """
+    from zfraw import nn
+
+    out = check_output_file(args.out or default_out, "--out", [".npz"])
+    if args.checkpoint:
+        check_output_file(args.checkpoint, "--checkpoint", [".npz"])
+        if os.path.abspath(args.checkpoint) == os.path.abspath(out):
+            raise UsageError(f"--checkpoint and --out are the same file {out!r}; give them different names")
+    elif args.resume:
+        raise UsageError("--resume needs --checkpoint FILE (the checkpoint to continue from)")
+    if args.snapshots:
+        check_output_folder(args.snapshots, "--snapshots")
+    for path in (out, args.checkpoint):
+        if path:
+            for name in nn.remove_stale_temporaries(path):
+                print(f"removed {name}, left by a write that was interrupted", file=sys.stderr)
+    return out
 
 
 def _image_folder(root, option):
@@ -383,24 +394,14 @@ def plateau_patience(n_images, batch_size):
 
 def _train_folder(args):
     """Train a model on a class-per-folder dataset (--data)."""
-    from zfraw import data, models, nn, train
+    from zfraw import data, models, train
 
     if not args.data:
         raise UsageError("give --builtin, or --data DIR (a folder of class folders) to train on")
     _forbid(args, "--data", ("n_per_class",), "--n-per-class sets the size of the built-in dataset")
     r = dict(FOLDER_RECIPE)
     model = args.model or "zfnet_mini"
-    out = check_output_file(args.out or f"{model}.npz", "--out", [".npz"])
-    if args.checkpoint:
-        _check_checkpoint(args.checkpoint, out)
-    elif args.resume:
-        raise UsageError("--resume needs --checkpoint FILE (the checkpoint to continue from)")
-    if args.snapshots:
-        check_output_folder(args.snapshots, "--snapshots")
-    for path in (out, args.checkpoint):
-        if path:
-            for name in nn.remove_stale_temporaries(path):
-                print(f"removed {name}, left by a write that was interrupted", file=sys.stderr)
+    out = _train_outputs(args, f"{model}.npz")
     backend = _select_backend(args.backend)
     ds, val = _training_data(args)
     epochs = args.epochs or r["epochs"]

@@ -530,9 +530,10 @@ class Sequential:
 
     def summary(self, input_shape=None):
         """Rows (name, type, output shape, parameter count) for one image of ``input_shape``."""
-        shape = input_shape or self.input_shape
+        shape = input_shape if input_shape is not None else self.input_shape
         if shape is None:
             raise ValueError("input_shape is needed (the network does not record one)")
+        shape = shape_arg("input_shape", shape, (3,))
         xp = get_backend().xp
         params = {lname: int(sum(int(np.prod(p.shape)) for p in layer.params.values()))
                   for lname, layer in self.layers.items()}
