@@ -482,7 +482,9 @@ def test_train_guards_refuse_before_the_first_epoch(folders, tmp_path, capsys):
     os.rename(os.path.join(other, "stripes"), os.path.join(other, "lines"))
     a_dir = tmp_path / "adir.npz"
     a_dir.mkdir()
+    foreign = str(tiny_net(0).save(tmp_path / "foreign.npz", classes=["cats", "dogs"]))
     cases = [
+        (["--data", train_dir, "--checkpoint", foreign, "--resume"], ["--checkpoint", "foreign.npz", "cats, dogs"]),
         (["--data", str(tmp_path / "single")], ["--data", "single", "at least two"]),
         (["--data", train_dir, "--val", other], ["--val", "other", "stripes", "lines"]),
         (["--data", train_dir, "--resume"], ["--resume", "--checkpoint"]),
@@ -506,9 +508,10 @@ def test_train_guards_refuse_before_the_first_epoch(folders, tmp_path, capsys):
 def test_fewer_images_than_a_batch_trains_with_a_smaller_batch_and_says_so(tmp_path, capsys):
     small = draw_two_class_folder(tmp_path / "small", 3, seed=4)
     status, out, err = run_cli(["train", "--backend", "numpy", "--data", small, "--epochs", "1",
-                                "--out", str(tmp_path / "m.npz")], capsys)
+                                "--out", str(tmp_path / "m.npz"), "--snapshots", str(tmp_path / "snaps")], capsys)
     assert status == 0, err
     assert "warning: --batch-size 16 is larger than the 6 training images; using batches of 6" in err
     assert "val loss" not in out and "nan" not in out
     assert "the model after epoch 1" in out and "give --val" in out
     assert nn.read_meta(tmp_path / "m.npz")["extra"]["classes"] == ["discs", "stripes"]
+    assert os.listdir(tmp_path / "snaps") == ["epoch001.npz"]
