@@ -168,7 +168,7 @@ def test_crop_box_is_where_eval_transform_crops():
     rng = np.random.default_rng(3)
     for h, w, side in ((20, 24, 16), (50, 30, 16), (64, 64, 64), (33, 100, 32)):
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        t, l, b, r = cli._crop_box(h, w, side)
+        t, l, b, r = cli.eval_crop_box(h, w, side)
         assert 0 <= t < b <= h + 1e-9 and 0 <= l < r <= w + 1e-9
         assert b - t == pytest.approx(min(h, w)) and r - l == pytest.approx(min(h, w))
         # the crop's pixels are (up to resampling) the box of the image: compare their mean colours

@@ -165,7 +165,7 @@ def test_every_option_has_a_help_line_with_its_default():
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    formatter = cli._Help("zfraw")
+    formatter = cli.HelpFormatter("zfraw")
     seen = 0
     for name, command in sub.choices.items():
         for action in command._actions:

@@ -491,7 +491,7 @@ def _check_resumable(checkpoint, classes):
                          f"those of --data ({', '.join(classes)}); give another checkpoint or drop --resume")
 
 
-def _crop_box(h, w, side):
+def eval_crop_box(h, w, side):
     """Where ``eval_transform(side, side)``'s crop lies in an h x w image: (top, left, bottom, right)."""
     scale = side / min(h, w)
     rh, rw = (side, max(1, round(w * scale))) if h <= w else (max(1, round(h * scale)), side)
@@ -517,7 +517,7 @@ def cmd_project(args):
     resized = "" if (h, w) == (side, side) else (
         f"input {w}x{h} (width x height) resized to shorter side {size} and centre-cropped to {side}x{side}")
     if resized:
-        picture = visualize.beside_input(picture, img, _crop_box(h, w, size) if not args.no_resize else
+        picture = visualize.beside_input(picture, img, eval_crop_box(h, w, size) if not args.no_resize else
                                          ((h - side) // 2, (w - side) // 2, (h - side) // 2 + side,
                                           (w - side) // 2 + side), resized + " (the box)")
     _save_picture(picture, args.output, "-o/--output")
@@ -596,7 +596,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _Help(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Help lines that end with the option's default unless they say it already."""
 
     def _get_help_string(self, action):
@@ -640,7 +640,7 @@ chosen for small folders (tens to thousands of images):
 def build_parser():
     from zfraw import __version__
 
-    p = _Parser(prog="zfraw", formatter_class=_Help,
+    p = _Parser(prog="zfraw", formatter_class=HelpFormatter,
                 description="Deconvnet visualization (Zeiler & Fergus 2014) with a from-scratch convnet engine.",
                 epilog="Errors print one line and exit with status 2 (ZFRAW_DEBUG=1 shows the traceback).")
     p.add_argument("--version", action="version", version=f"zfraw {__version__}", help="print the version and exit")
@@ -648,7 +648,7 @@ def build_parser():
     sub.required = True
 
     def command(name, help, **kw):
-        return sub.add_parser(name, help=help, description=help, formatter_class=_Help, **kw)
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter, **kw)
 
     s = command("demo", "write an HTML report from the built-in model and dataset")
     s.add_argument("--out", default="zfraw-report", metavar="DIR", help="the report folder")

@@ -359,6 +359,12 @@ class Sequential:
     def names(self):
         return list(self.layers)
 
+    @property
+    def dtype(self):
+        """The dtype of the parameters (float32 for a net without any): what inputs are cast to."""
+        params = self.parameters()
+        return next(iter(params.values())).dtype if params else np.dtype(np.float32)
+
     def __getitem__(self, name):
         return self.layers[self.check_layer(name)]
 

@@ -12,7 +12,7 @@ the network), so the folder can be zipped, mailed or opened from disk:
   chosen automatically, and projections of a few single images.
 
 The dataset is scanned once, in batches, for all layers together
-(:func:`zfraw.visualize.scan_layers`).  The report is built in a temporary
+(:func:`zfraw.analysis.topk.scan_layers`).  The report is built in a temporary
 folder beside ``out_dir`` and renamed into place at the end, so a reader never
 sees a half-written report; an existing report there is replaced.
 """
@@ -26,7 +26,9 @@ import time
 
 import numpy as np
 
+from zfraw import data
 from zfraw import visualize as V
+from zfraw.analysis.topk import feature_records
 from zfraw._args import int_arg
 from zfraw.backend import get_backend
 from zfraw.nn import Conv2d, Sequential
@@ -127,7 +129,7 @@ def _arch_html(rows):
         cells = []
         for key, _ in V.TABLE_COLUMNS:
             cls = ' class="num"' if key == "params" else ""
-            cells.append(f"<td{cls}>{_esc(V._cell(key, row[key]))}</td>")
+            cells.append(f"<td{cls}>{_esc(V.format_cell(key, row[key]))}</td>")
         cls = ' class="conv"' if row["type"] == "Conv2d" else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     total = sum(r["params"] for r in rows)
@@ -197,7 +199,7 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     if not callable(transform):
         raise TypeError(f"transform: expected a callable, got {type(transform).__name__}")
     features_per_layer = int_arg("features_per_layer", features_per_layer, 1)
-    n_images = min(int_arg("n_images", n_images, 1), V._dataset_len(dataset))
+    n_images = min(int_arg("n_images", n_images, 1), data.dataset_length(dataset))
     if n_images == 0:
         raise ValueError("dataset: it is empty")
     if how not in V.CHOOSE_MODES:
@@ -263,7 +265,8 @@ def _predictions(net, xs, model_classes):
     was_training = net.training
     net.eval()
     try:
-        scores = net.forward(xp.asarray(np.stack(xs), dtype=V._net_dtype(net)), keep=False, cache=False)
+        dtype = next(iter(net.parameters().values())).dtype if net.parameters() else np.float32
+        scores = net.forward(xp.asarray(np.stack(xs), dtype=dtype), keep=False, cache=False)
     finally:
         net.train(was_training)
     if scores.ndim != 2:
@@ -285,7 +288,7 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
     """Compute every picture into ``tmp/img``; returns (HTML sections, seconds taken, section anchors)."""
     t0 = time.perf_counter()
     parts, anchors = [], ["images", "architecture"]
-    x0 = V._load_x(dataset, 0, transform)
+    x0 = data.load_item(dataset, 0, transform)
     parts.append(f"<h2 id=\"images\">The images</h2><p>{_esc(about_images or '')}</p>")
 
     rows = V.architecture_table(net, x0.shape)
@@ -306,7 +309,7 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
 
     scans = V.scan_layers(net, dataset, layers, k, batch_size, transform, progress, limit=n_images)
     examples = _example_indices(dataset, n_images, n_examples)
-    example_x = [V._load_x(dataset, i, transform) for i in examples]
+    example_x = [data.load_item(dataset, i, transform) for i in examples]
     example_labels = _labels(dataset, examples)
     n_outputs = int(net.summary(x0.shape)[-1][2][0]) if net.names else 0
     if model_classes is None and classes is not None and len(classes) == n_outputs:
@@ -315,7 +318,7 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
     choice = _CHOICE[how].format(n=n_features, N=n_images)
     for lyr in layers:
         topk, width = scans[lyr]
-        records = V._records(topk, width, None, lyr, n_features, how)
+        records = feature_records(topk, width, None, lyr, n_features, how)
         figures = V.top9(net, dataset, lyr, None, transform, mean, k=k, batch_size=batch_size, rule=rule,
                          records=records)
         rf = next(r for r in rows if r["name"] == lyr)
