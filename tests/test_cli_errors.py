@@ -84,7 +84,13 @@ def test_bad_weights_files_name_the_file(tmp_path, image, weights):
     empty.write_bytes(b"")
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(open(weights, "rb").read()[:300])
-    for bad in (folder, jpeg, empty, truncated):
+    text = tmp_path / "notes.npz"
+    text.write_text("not a model\n")
+    npy = tmp_path / "array.npy"
+    np.save(npy, np.zeros(3))
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, a=np.zeros(3))
+    for bad in (folder, jpeg, empty, truncated, text, npy, foreign):
         proc = zfraw_process("project", image, "--weights", str(bad), "--layer", "conv1",
                              "-o", str(tmp_path / "p.png"))
         assert proc.returncode == 2, proc.stderr
