@@ -109,14 +109,14 @@ def _read_model_file(path, option, read):
     try:
         return read(path)
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        hint = "give a .npz written by zfraw (net.save, zfraw train)"
         text = _describe(exc)
-        if "pickle" in text:  # NumPy's advice to load it unsafely: never; it is simply not our format
+        if "pickle" in text or isinstance(exc, TypeError):  # never NumPy's advice to load it unsafely
             raise UsageError(f"{option} {path!r} is not a zfraw model file (not a .npz archive of arrays); "
-                             f"give a .npz written by zfraw (net.save, zfraw train)") from exc
+                             f"{hint}") from exc
         if _names_file(text, path):
-            raise UsageError(f"{option}: {text}") from exc
-        raise UsageError(f"{option} {path!r} is not a readable zfraw model file ({text}); "
-                         f"give a .npz written by zfraw (net.save, zfraw train)") from exc
+            raise UsageError(f"{option}: {text}; {hint}") from exc
+        raise UsageError(f"{option} {path!r} is not a readable zfraw model file ({text}); {hint}") from exc
 
 
 def _load_net(weights, option="--weights"):

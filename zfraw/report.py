@@ -5,11 +5,16 @@
 the network), so the folder can be zipped, mailed or opened from disk:
 
 - what the pictures are (the deconvnet of Zeiler & Fergus 2014) and how to read
-  a top-9 figure;
+  a top-9 figure; what the images are (:func:`describe_dataset`, with the class
+  list); why the first layer's nine projections are copies of its filter;
 - the architecture table (output shapes, parameters, receptive fields);
 - the layer-1 filters;
 - for each chosen layer, top-9 figures (fig. 2 of the paper) for a few features
-  chosen automatically, and projections of a few single images.
+  chosen automatically, and projections of a few single images with the model's
+  prediction (in the model's own class names).
+
+The page fits narrow windows (pictures shrink to the width, the table scrolls),
+and the folder gets the mode the user's umask gives a new folder.
 
 The dataset is scanned once, in batches, for all layers together
 (:func:`zfraw.analysis.topk.scan_layers`).  The report is built in a temporary
