@@ -181,7 +181,8 @@ def test_report_opens_in_headless_chromium_without_broken_images(tmp_path, tiny)
 def test_report_says_what_the_images_are_explains_conv1_and_fits_narrow_windows(tmp_path, tiny):
     net, _, mean, transform = tiny
     drawn = synthetic.SyntheticDataset(2, seed=4, split="val")
-    index = _write(tmp_path, (net, drawn, mean, transform))
+    index = _write(tmp_path, (net, drawn, mean, transform), layers=("conv1", "conv2"), features_per_layer=1,
+                   n_examples=1)
     text = open(index, encoding="utf-8").read()
     assert "procedural dataset" in text and "64x64" in text and "seed 4" in text
     assert ", ".join(synthetic.CLASSES) in text

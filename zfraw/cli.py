@@ -249,16 +249,6 @@ def cmd_check(args):
     return checks.main(_select_backend(args.backend), args.seed)
 
 
-def _about_builtin_images(n):
-    from zfraw import builtin, synthetic
-
-    r = builtin.RECIPE
-    return (f"The images: the first {n} of the held-out 'val' split of zfraw's built-in procedural dataset, "
-            f"{r['size']}x{r['size']} RGB pictures drawn from seed {r['seed']} by zfraw.synthetic (no files, "
-            f"nothing downloaded), in {len(synthetic.CLASSES)} classes: {', '.join(synthetic.CLASSES)}. Objects "
-            f"are drawn at random positions, scales, rotations and colours on textured backgrounds.")
-
-
 def cmd_demo(args):
     from zfraw import builtin, data, nn, report
 
@@ -278,7 +268,7 @@ def cmd_demo(args):
     index = report.write_report(
         args.out, net, ds, data.eval_transform(side, side, mean), mean, classes=ds.classes, layers=layers,
         model_classes=model_classes, features_per_layer=args.features, n_images=args.images,
-        progress=not args.quiet, title=title, about_images=_about_builtin_images(min(args.images, len(ds))),
+        progress=not args.quiet, title=title,
         description=f"The model: {label}.",
     )
     print(f"wrote {index} ({time.perf_counter() - t0:.0f} s on backend {backend!r}); open it in a browser")
