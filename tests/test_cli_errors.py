@@ -179,7 +179,7 @@ def test_every_option_has_a_help_line_with_its_default():
                 continue
             text = formatter._get_help_string(action)
             assert text, f"{name} {action.option_strings}: no help"
-            if action.option_strings and not isinstance(action, argparse._StoreTrueAction):
+            if action.option_strings and not action.required and not isinstance(action, argparse._StoreTrueAction):
                 assert "default" in text, f"zfraw {name} {action.option_strings}: {text!r} names no default"
             seen += 1
     assert seen > 30

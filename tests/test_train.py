@@ -375,12 +375,12 @@ def test_fit_without_validation_prints_no_val_metrics(capsys):
 
 
 def test_fit_removes_the_temporaries_of_a_killed_checkpoint_write(tmp_path):
-    ours = tmp_path / ".ck.npz.ab12cd34.npz.tmp"
+    ours = tmp_path / "tmpab12cd34.npz.tmp"  # zfraw.io.npz's temporaries
     ours.write_bytes(b"PK\x03\x04 half")
-    someone_elses = tmp_path / ".other.npz.ab12cd34.npz.tmp"
+    someone_elses = tmp_path / "notes.tmp"
     someone_elses.write_bytes(b"keep")
     run_fit(tmp_path, 1, name="ck.npz")
-    assert sorted(os.listdir(tmp_path)) == [".other.npz.ab12cd34.npz.tmp", "ck.npz"]
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz", "notes.tmp"]
 
 
 # ============================================================== `zfraw train --data`: a user's own folder
@@ -458,7 +458,7 @@ sys.exit(main(sys.argv[1:]))
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    stale = [n for n in os.listdir(tmp_path) if n.startswith(".ck.npz.")]
+    stale = [n for n in os.listdir(tmp_path) if n.endswith(".npz.tmp")]
     assert len(stale) == 1  # the half-written temporary
     with np.load(ck) as complete:  # the previous checkpoint, whole
         assert json.loads(bytes(complete["__zfraw__"]).decode())["epoch"] == 1
@@ -466,7 +466,7 @@ sys.exit(main(sys.argv[1:]))
                            timeout=300, env=zfraw_env())
     assert again.returncode == 0, again.stderr[-3000:]
     assert "removed" in again.stderr and stale[0] in again.stderr
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".ck.npz.") or n.endswith(".tmp")]
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     with np.load(ck) as done:
         meta = json.loads(bytes(done["__zfraw__"]).decode())
     assert meta["epoch"] == 3 and meta["history"]["epoch"] == [1, 2, 3]
@@ -508,10 +508,11 @@ def test_train_guards_refuse_before_the_first_epoch(folders, tmp_path, capsys):
 def test_fewer_images_than_a_batch_trains_with_a_smaller_batch_and_says_so(tmp_path, capsys):
     small = draw_two_class_folder(tmp_path / "small", 3, seed=4)
     status, out, err = run_cli(["train", "--backend", "numpy", "--data", small, "--epochs", "1",
-                                "--out", str(tmp_path / "m.npz"), "--snapshots", str(tmp_path / "snaps")], capsys)
+                                "--out", str(tmp_path / "m.npz"), "--snapshots", "1",
+                                "--snapshot-dir", str(tmp_path / "snaps")], capsys)
     assert status == 0, err
     assert "warning: --batch-size 16 is larger than the 6 training images; using batches of 6" in err
     assert "val loss" not in out and "nan" not in out
     assert "the model after epoch 1" in out and "give --val" in out
     assert nn.read_meta(tmp_path / "m.npz")["extra"]["classes"] == ["discs", "stripes"]
-    assert os.listdir(tmp_path / "snaps") == ["epoch001.npz"]
+    assert len(os.listdir(tmp_path / "snaps")) == 1

@@ -8,6 +8,11 @@
 ``zfraw top9``     the top-9 activations of features over a dataset (PNGs)
 ``zfraw filters``  the layer-1 filters as a montage (a picture)
 ``zfraw summary``  the architecture table of a model
+``zfraw occlude``  occlusion sensitivity of one image (fig. 7): five panels in a PNG
+``zfraw correspond`` part correspondence (table 1): Delta per part and layer vs random boxes
+``zfraw invariance``  feature distances and class probability under translation, scale, rotation (fig. 5)
+``zfraw evolution``   the strongest features at snapshots taken during training (fig. 4)
+``zfraw compare-first-layer``  AlexNet's first layer against ZFNet's: dead filters, aliasing (fig. 6)
 =================  ==============================================================
 
 Each command is one small ``cmd_<name>(args)`` function; :func:`build_parser`
@@ -20,6 +25,7 @@ work starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
 import os
@@ -86,6 +92,37 @@ def feature_list(text):
 
 # ============================================================== shared helpers
 
+def _add_dask(p):
+    p.add_argument("--workers", type=int, default=None,
+                   help="scan on a local Dask cluster of N worker processes (needs zfraw[dask]; default: no cluster)")
+    p.add_argument("--scheduler", default=None, help="scan on an existing Dask cluster at this address (default: none)")
+    p.add_argument("--shard-dir", default=None,
+                   help="with --workers/--scheduler: keep each finished shard here; run again to resume "
+                        "(default: none)")
+
+
+@contextlib.contextmanager
+def _scan_function(args):
+    """The top-k scan for --workers/--scheduler (a function like scan_layers), or None without them."""
+    if args.workers is None and args.scheduler is None:
+        if args.shard_dir is not None:
+            raise UsageError("--shard-dir needs --workers N or --scheduler ADDRESS")
+        yield None
+        return
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: expected at least 1, got {args.workers}")
+    try:
+        from zfraw import distributed
+
+        distributed.require_dask()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    with distributed.cluster(args.workers, args.scheduler) as client:
+        yield distributed.scanner(client, shard_dir=args.shard_dir)
+
+
 def _select_backend(name):
     """The backend to run on: ``--backend``, else ``ZFRAW_BACKEND``, else numba if installed, else numpy."""
     import zfraw
@@ -119,17 +156,20 @@ def _read_model_file(path, option, read):
         raise UsageError(f"{option} {path!r} is not a readable zfraw model file ({text}); {hint}") from exc
 
 
+def _model_label(weights, net):
+    """Which model a report shows: 'the built-in zfnet_mini' or 'mine.npz (zfnet_mini)'."""
+    return "the built-in zfnet_mini" if weights is None else f"{os.path.basename(weights)} ({net.name})"
+
+
 def _load_net(weights, option="--weights"):
-    """(net, classes, mean, label) from --weights or the built-in model; label says which model it is."""
+    """(net, classes, mean) from --weights (any file failure: one UsageError naming it) or the built-in model."""
     from zfraw import builtin, nn, to_device
 
     if weights is None:
         net, meta = builtin.load_model()
-        label = "the built-in zfnet_mini"
     else:
         net = _read_model_file(weights, option, lambda p: nn.load(p).eval())
         meta = _read_model_file(weights, option, nn.read_meta).get("extra", {})
-        label = f"{os.path.basename(weights)} ({net.name})"
     try:
         mean = np.asarray(meta.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
     except (TypeError, ValueError):
@@ -137,7 +177,7 @@ def _load_net(weights, option="--weights"):
     classes = meta.get("classes")
     if classes is not None and not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
         classes = None
-    return to_device(net), classes, mean, label
+    return to_device(net), classes, mean
 
 
 def _input_side(net):
@@ -254,7 +294,8 @@ def cmd_demo(args):
 
     check_output_folder(args.out, "--out")
     backend = _select_backend(args.backend)
-    net, model_classes, mean, label = _load_net(args.weights)
+    net, model_classes, mean = _load_net(args.weights)
+    label = _model_label(args.weights, net)
     side = _input_side(net)
     layers = [n for n, lyr in net if isinstance(lyr, nn.Conv2d)]
     if not layers:
@@ -265,12 +306,13 @@ def cmd_demo(args):
     else:
         title = f"zfraw demo: what {label} learned"
     t0 = time.perf_counter()
-    index = report.write_report(
-        args.out, net, ds, data.eval_transform(side, side, mean), mean, classes=ds.classes, layers=layers,
-        model_classes=model_classes, features_per_layer=args.features, n_images=args.images,
-        progress=not args.quiet, title=title,
-        description=f"The model: {label}.",
-    )
+    with _scan_function(args) as scan_layers:
+        index = report.write_report(
+            args.out, net, ds, data.eval_transform(side, side, mean), mean, classes=ds.classes, layers=layers,
+            model_classes=model_classes, features_per_layer=args.features, n_images=args.images,
+            progress=not args.quiet, title=title, description=f"The model: {label}.", scan_layers=scan_layers,
+            occlusion=True, correspondence=True,
+        )
     print(f"wrote {index} ({time.perf_counter() - t0:.0f} s on backend {backend!r}); open it in a browser")
     return 0
 
@@ -292,7 +334,8 @@ def _train_builtin(args):
     print(f"training the built-in zfnet_mini on backend {backend!r} -> {out}")
     t0 = time.perf_counter()
     history = builtin.train_builtin(out, epochs=args.epochs, n_train_per_class=args.n_per_class,
-                                    checkpoint=args.checkpoint, resume=args.resume, snapshots=args.snapshots)
+                                    checkpoint=args.checkpoint, resume=args.resume, snapshots=args.snapshots,
+                                    snapshot_dir=_snapshot_dir(args, out) if args.snapshots else None)
     print(f"held-out accuracy {history.val_acc[-1]:.3f} after {time.perf_counter() - t0:.0f} s; saved {out}")
     return 0
 
@@ -302,7 +345,7 @@ def _train_outputs(args, default_out):
 
     Returns the --out path.
     """
-    from zfraw import nn
+    from zfraw.io import npz
 
     out = check_output_file(args.out or default_out, "--out", [".npz"])
     if args.checkpoint:
@@ -312,12 +355,17 @@ def _train_outputs(args, default_out):
     elif args.resume:
         raise UsageError("--resume needs --checkpoint FILE (the checkpoint to continue from)")
     if args.snapshots:
-        check_output_folder(args.snapshots, "--snapshots")
+        check_output_folder(_snapshot_dir(args, out), "--snapshot-dir")
     for path in (out, args.checkpoint):
         if path:
-            for name in nn.remove_stale_temporaries(path):
+            for name in npz.remove_stale_temporaries(path):
                 print(f"removed {name}, left by a write that was interrupted", file=sys.stderr)
     return out
+
+
+def _snapshot_dir(args, out):
+    """--snapshot-dir, or beside --out: OUT_snapshots/ (as zfraw.builtin.train_builtin)."""
+    return args.snapshot_dir or (out[:-4] if out.endswith(".npz") else out) + "_snapshots"
 
 
 def _image_folder(root, option):
@@ -434,15 +482,14 @@ def _train_folder(args):
     def on_epoch(epoch, net, history):
         if best is not None:
             best.offer(epoch, net, history)
-        if args.snapshots:
-            net.save(os.path.join(args.snapshots, f"epoch{epoch:03d}.npz"), epoch=epoch, **meta)
 
     schedule = train.PlateauSchedule(factor=r["lr_factor"], patience=patience, min_lr=min_lr,
                                      monitor="val_loss" if val is not None else "train_loss")
     with np.errstate(over="ignore", invalid="ignore"):  # a diverging run ends in fit's FloatingPointError
         history = train.fit(net, train_batches, val_batches if val is not None else None, epochs=epochs, lr=lr,
                             momentum=r["momentum"], weight_decay=weight_decay, checkpoint=args.checkpoint,
-                            resume=args.resume, schedule=schedule, extra=meta, on_epoch=on_epoch)
+                            resume=args.resume, schedule=schedule, extra=meta, on_epoch=on_epoch,
+                            snapshots=args.snapshots, snapshot_dir=_snapshot_dir(args, out))
     if best is not None and best.saved_epoch is not None:
         print(f"saved {out}: the model of epoch {best.saved_epoch} of {len(history.epoch)}, the best on --val "
               f"(validation accuracy {best.acc:.3f}, loss {best.loss:.4f})")
@@ -496,7 +543,7 @@ def cmd_project(args):
     check_output_file(args.output, "-o/--output", None)
     _select_backend(args.backend)
     img = data.load_image(args.image)
-    net, _, mean, _ = _load_net(args.weights)
+    net, _, mean = _load_net(args.weights)
     net.check_layer(args.layer)
     side = _input_side(net)
     h, w = img.shape[:2]
@@ -525,12 +572,21 @@ def cmd_top9(args):
 
     check_output_folder(args.output, "-o/--output")
     _select_backend(args.backend)
-    net, _, mean, _ = _load_net(args.weights)
+    net, _, mean = _load_net(args.weights)
     net.check_layer(args.layer)
     side = _input_side(net)
     ds = _dataset(args.data, args.images)
     transform = data.eval_transform(side, side, mean)
-    figures = visualize.top9(net, ds, args.layer, args.features, transform, mean, progress=True, limit=args.images)
+    records = None
+    with _scan_function(args) as scan_layers:
+        if scan_layers is not None:
+            from zfraw.analysis.topk import feature_records
+
+            (store, width), = scan_layers(net, ds, [args.layer], transform=transform, progress=True,
+                                          limit=args.images).values()
+            records = feature_records(store, width, args.features, args.layer)
+    figures = visualize.top9(net, ds, args.layer, args.features, transform, mean, progress=True, records=records,
+                             limit=args.images)
     os.makedirs(args.output, exist_ok=True)
     for feature, picture in figures.items():
         path = os.path.join(args.output, f"{args.layer}_feature{feature}.png")
@@ -545,7 +601,7 @@ def cmd_filters(args):
     picture_format(args.output, "-o/--output")
     check_output_file(args.output, "-o/--output", None)
     _select_backend(args.backend)
-    net, _, _, _ = _load_net(args.weights)
+    net, _, _ = _load_net(args.weights)
     convs = [n for n, lyr in net if isinstance(lyr, nn.Conv2d)]
     if not convs:
         raise UsageError("the model has no convolution layer, so it has no filters to show")
@@ -577,10 +633,240 @@ def cmd_summary(args):
     return 0
 
 
+# ---------------------------------------------------------------- occlude / correspond
+
+def _class_names(spec, classes):
+    """--classes: comma-separated names or a text file (one per line); else the model's own names."""
+    if not spec:
+        return classes
+    if os.path.isfile(spec):
+        with open(spec, encoding="utf-8") as fh:
+            return [line.strip() for line in fh if line.strip()]
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def _class_index(text, classes, n_classes):
+    """--target: a class name or an index in [0, n_classes)."""
+    if text is None:
+        return None
+    if classes and text in classes:
+        return classes.index(text)
+    try:
+        k = int(text)
+    except ValueError:
+        raise UsageError(f"--target: {text!r} is neither a class name ({', '.join(classes or [])}) "
+                         f"nor a class index") from None
+    if not 0 <= k < n_classes:
+        raise UsageError(f"--target: expected a class index in [0, {n_classes}), got {k}")
+    return k
+
+
+def _check_output(path, suffixes):
+    """Refuse an output path that cannot be written, before any long work (``suffixes``: one or a tuple)."""
+    check_output_file(path, "-o/--output", [suffixes] if isinstance(suffixes, str) else list(suffixes))
+
+
+def cmd_occlude(args):
+    from zfraw import data, deconvnet, to_device, visualize
+    from zfraw.analysis.occlusion import occlusion, strongest_drop
+    from zfraw.functional import softmax
+    from zfraw.render.occlusion import occlusion_figure
+
+    _check_output(args.output, (".png",))
+    backend = _select_backend(args.backend)
+    img = data.load_image(args.image)
+    net, classes, mean = _load_net(args.weights)
+    if args.layer is not None:
+        net.check_layer(args.layer)
+    side = _input_side(net)
+    x = to_device(data.eval_transform(side, side, mean)(img)[None])
+    scores = net.forward(x, keep=False, cache=False)
+    classes = _class_names(args.classes, classes)
+    target = _class_index(args.target, classes, scores.shape[1])
+    size = args.size if args.size is not None else max(1, side // 4)
+    stride = args.stride if args.stride is not None else max(1, size // 4)
+    maps = occlusion(net, x, size, stride, layer=args.layer, feature=args.feature, target=target,
+                     fill=args.fill, batch_size=args.batch_size)
+    unoccluded = float(_host_float(softmax(scores)[0, maps.target[0]]))
+    projection = deconvnet.project(net, x, maps.layer, feature=maps.feature)
+    net.clear()
+    figure = occlusion_figure(maps, 0, visualize.image_to_uint8(_host_float(x[0]), mean),
+                              _host_float(projection[0]), classes=classes)
+    _save_png(figure, args.output)
+    drop = strongest_drop(maps)[0]
+    name = lambda k: classes[k] if classes and 0 <= k < len(classes) else f"class {k}"  # noqa: E731
+    print(f"{maps.layer} feature {int(maps.feature[0])}; p({name(int(maps.target[0]))}) = {unoccluded:.3f} "
+          f"unoccluded, lowest {drop.probability:.3f} with the {size}x{size} square at (top, left) = "
+          f"({drop.top}, {drop.left}), where the network says {name(drop.label)}")
+    print(f"wrote {args.output} ({maps.activity.shape[1]}x{maps.activity.shape[2]} positions, backend {backend!r})")
+    return 0
+
+
+def _host_float(a):
+    """A backend array as a NumPy float64 array (for printing and drawing)."""
+    from zfraw import to_host
+
+    return np.asarray(to_host(a), dtype=np.float64)
+
+
+def cmd_correspond(args):
+    from zfraw import builtin, data, synthetic
+    from zfraw.analysis.boxes import box_to_input, read_boxes
+    from zfraw.analysis.correspondence import BUILTIN_LAYERS, correspondence, part_correspondence
+    from zfraw.render.correspondence import html_table, markdown_table
+
+    if args.output:
+        _check_output(args.output, (".md", ".html"))
+    backend = _select_backend(args.backend)
+    net, _, mean = _load_net(args.weights)
+    if args.layers is None and not all(name in net.layers for name in BUILTIN_LAYERS):
+        raise UsageError(f"--layers: give the layers to compare (the model has no {' and '.join(BUILTIN_LAYERS)})")
+    layers = [net.check_layer(name.strip()) for name in (args.layers or ",".join(BUILTIN_LAYERS)).split(",")
+              if name.strip()]
+    options = dict(fill=args.fill, random_draws=args.draws, seed=args.seed)
+    if args.boxes:
+        side = _input_side(net)
+        transform = data.eval_transform(side, side, mean)
+        groups = {}
+        for entry in read_boxes(args.boxes):
+            img = data.load_image(entry.image)
+            groups.setdefault(entry.part, []).append((transform(img), box_to_input(entry, img.shape, side)))
+        results = {}
+        for part, items in groups.items():
+            if len(items) < 2:
+                raise UsageError(f"--boxes: part {part!r} has {len(items)} image; Delta needs at least 2")
+            results[part] = correspondence(net, np.stack([x for x, _ in items]),
+                                           np.asarray([b for _, b in items]), layers, **options)
+    else:
+        if args.weights is not None and (net.input_shape is None or net.input_shape[-1] != builtin.RECIPE["size"]):
+            raise UsageError("--boxes is needed: the built-in part boxes are for 64x64 images")
+        if args.cls not in synthetic.PARTS or not synthetic.PARTS[args.cls]:
+            with_parts = [c for c, p in synthetic.PARTS.items() if p]
+            raise UsageError(f"--class: expected one of {', '.join(with_parts)}, got {args.cls!r}")
+        names = synthetic.PARTS[args.cls] if args.part in (None, "all") else [args.part]
+        bad = [p for p in names if p not in synthetic.PARTS[args.cls]]
+        if bad:
+            raise UsageError(f"--part: class {args.cls!r} has the parts {', '.join(synthetic.PARTS[args.cls])} "
+                             f"(or all), got {bad[0]!r}")
+        results = part_correspondence(net, builtin.dataset("val"), builtin.eval_transform(mean),
+                                      [(args.cls, p) for p in names], layers, n_images=args.images, **options)
+    table = markdown_table(results, layers)
+    print(f"Delta per ordered pair (fraction of feature signs that differ) for each part, against boxes of the "
+          f"same size at random positions (mean ± std over {args.draws} draws); backend {backend!r}:")
+    print(table)
+    if args.output:
+        from zfraw.nn import atomic_write
+
+        text = html_table(results, layers) if args.output.lower().endswith(".html") else table + "\n"
+        atomic_write(args.output, lambda fh: fh.write(text.encode("utf-8")), suffix=".tmp")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _load_images(paths, side, mean):
+    """Image files -> preprocessed (N, 3, side, side) float32 (resized, centre-cropped, mean subtracted)."""
+    from zfraw import data
+
+    transform = data.eval_transform(side, side, mean)
+    return np.stack([transform(data.load_image(p)) for p in paths]).astype(np.float32)
+
+
+def _default_invariance_layers(net):
+    """The first and last conv layers and the last hidden fully connected layer (conv1, conv5, fc7)."""
+    from zfraw import nn
+
+    convs = [n for n, lyr in net if isinstance(lyr, nn.Conv2d)]
+    fcs = [n for n, lyr in net if isinstance(lyr, nn.Linear)]
+    return list(dict.fromkeys(convs[:1] + convs[-1:] + fcs[-2:-1]))
+
+
+def cmd_invariance(args):
+    from zfraw.analysis import invariance as inv
+    from zfraw.render.invariance import invariance_figure
+
+    _check_output(args.output, ".png")
+    _select_backend(args.backend)
+    net, classes, mean = _load_net(args.weights)
+    classes = _class_names(args.classes, classes)
+    layers = args.layers or _default_invariance_layers(net)
+    for lyr in layers:
+        net.check_layer(lyr)
+    amounts = args.amounts if args.amounts is not None else DEFAULT_AMOUNTS[args.transform]
+    x = _load_images(args.images, _input_side(net), mean)
+    target = _class_index(args.target, classes, len(classes) if classes else 10**9)
+    result = inv.invariance(net, x, args.transform, amounts, layers, target=target, progress=True)
+    names = [os.path.basename(p) + (f" ({classes[t]})" if classes and t < len(classes) else f" (class {t})")
+             for p, t in zip(args.images, result["target"])]
+    _save_png(invariance_figure(result, layers, kind=args.kind, labels=names), args.output)
+    for lyr in layers:
+        worst = np.nanmax(result[lyr]["relative"], axis=1)
+        print(f"{lyr}: largest relative distance per image " + ", ".join(f"{v:.3f}" for v in worst))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_evolution(args):
+    from zfraw import data
+    from zfraw.analysis import evolution as evo
+    from zfraw.render.evolution import evolution_figure
+
+    _check_output(args.output, ".png")
+    _select_backend(args.backend)
+    if args.weights and not args.snapshots:
+        raise UsageError("--weights needs the snapshots of that model's training (SNAPSHOTS: a folder or a packed file)")
+    snapshots = args.snapshots or evo.builtin_snapshots_path()
+    like = _load_net(args.weights)[0] if args.weights else None
+    epochs, nets, extra = evo.load_snapshots(snapshots, like=like)
+    mean = np.asarray(extra.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
+    side = _input_side(nets[-1])
+    ds = _dataset(args.data, args.images)
+    n = min(args.images, len(ds))
+    transform = data.eval_transform(side, side, mean)
+    x = np.stack([transform(ds[i][0]) for i in range(n)]).astype(np.float32)
+    result = evo.evolution((epochs, nets), x, args.layers, n_features=args.features, progress=True)
+    _save_png(evolution_figure(result), args.output)
+    print(f"wrote {args.output} (epochs {', '.join(map(str, epochs))}, {n} images)")
+    return 0
+
+
+def cmd_compare_first_layer(args):
+    from zfraw import data
+    from zfraw.analysis import first_layer as fl
+    from zfraw.render.first_layer import first_layer_figure, report_line
+
+    _check_output(args.output, ".png")
+    _select_backend(args.backend)
+    if args.weights:
+        nets = {}
+        for path in args.weights:
+            nets[os.path.basename(path)] = _load_net(path)
+    else:
+        nets = {name: (net, None, mean) for name, (net, mean) in fl.builtin_models().items()}
+    reports = {}
+    for name, (net, _, mean) in nets.items():
+        side = _input_side(net)
+        ds = _dataset(args.data, args.images)
+        reports[name] = fl.first_layer_report(net, ds, data.eval_transform(side, side, mean),
+                                              n_features=args.features, limit=args.images, progress=True)
+        print(report_line(name, reports[name]))
+    _save_png(first_layer_figure(reports), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _save_png(picture, path):
+    """Save a PIL image atomically, in the format its suffix names (see :func:`picture_format`)."""
+    _save_picture(picture, path, "-o/--output")
+
+
 # ============================================================== parser
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with errors on one line (no usage block), exit status 2."""
+    """argparse with errors on one line (no usage block), exit status 2, and help lines with defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -627,6 +913,68 @@ chosen for small folders (tens to thousands of images):
 """
 
 
+def _float_list(text):
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _name_list(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+#: amounts of ``zfraw invariance`` when --amounts is not given
+DEFAULT_AMOUNTS = {
+    "translate": list(range(-20, 21, 4)),
+    "scale": [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5],
+    "rotate": list(range(0, 361, 30)),
+}
+
+
+def _add_analysis_commands(sub):
+    """The parsers of ``invariance``, ``evolution`` and ``compare-first-layer``."""
+    s = sub.add_parser("invariance", help="feature change and class probability as images are transformed (fig. 5)")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    s.add_argument("--transform", required=True, choices=["translate", "scale", "rotate"],
+                   help="the transformation (required)")
+    s.add_argument("--amounts", type=_float_list, default=None,
+                   help="comma-separated: pixels (translate, vertical), factors (scale) or degrees (rotate) "
+                        "(default: -20..20 by 4, 0.5..1.5 by 0.1, 0..360 by 30)")
+    s.add_argument("--layers", type=_name_list, default=None,
+                   help="comma-separated layers (default: first and last conv, last hidden fc)")
+    s.add_argument("--kind", default="relative", choices=["relative", "distance"],
+                   help="plot the distance divided by the original's norm (default) or the plain distance")
+    s.add_argument("--target", default=None, help="the true class (name or index; default: the prediction)")
+    s.add_argument("--classes", default=None, help="comma-separated class names of a model that records none (default: the model's own)")
+    s.add_argument("-o", "--output", default="invariance.png")
+    _add_weights(s), _add_backend(s)
+    s.set_defaults(func=cmd_invariance)
+
+    s = sub.add_parser("evolution", help="the strongest features at training snapshots (fig. 4)")
+    s.add_argument("snapshots", nargs="?", default=None,
+                   help="a folder of epochNNN.npz (zfraw train --snapshots) or a packed file; "
+                        "default: the built-in model's")
+    s.add_argument("--data", default="builtin", help="'builtin' or a folder of class folders (the image set)")
+    s.add_argument("--images", type=int, default=200, help="images searched at each snapshot (default 200)")
+    s.add_argument("--layers", type=_name_list, default=None, help="comma-separated conv layers (default: all)")
+    s.add_argument("--features", type=int, default=4, help="features followed per layer (default 4)")
+    s.add_argument("-o", "--output", default="evolution.png")
+    _add_weights(s), _add_backend(s)
+    s.set_defaults(func=cmd_evolution)
+
+    s = sub.add_parser("compare-first-layer",
+                       help="first-layer filters, dead filters and layer-2 aliasing of networks side by side (fig. 6)")
+    s.add_argument("--weights", nargs="+", default=None,
+                   help="models to compare (default: the built-in alexnet_mini and zfnet_mini)")
+    s.add_argument("--data", default="builtin", help="'builtin' or a folder of class folders")
+    s.add_argument("--images", type=int, default=200, help="images searched for the conv2 top 9 (default 200)")
+    s.add_argument("--features", type=int, default=4, help="conv2 features shown (default 4)")
+    s.add_argument("-o", "--output", default="first_layer.png")
+    _add_backend(s)
+    s.set_defaults(func=cmd_compare_first_layer)
+
+
 def build_parser():
     from zfraw import __version__
 
@@ -646,7 +994,7 @@ def build_parser():
                    help="images of the built-in dataset searched for top activations")
     s.add_argument("--features", type=positive_int, default=4, metavar="K", help="features shown per conv layer")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_backend(s), _add_dask(s)
     s.set_defaults(func=cmd_demo)
 
     s = command("check", "check every op against SciPy, gradients and transposes")
@@ -684,8 +1032,11 @@ def build_parser():
     s.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="a .npz written (atomically) after every epoch (default: none)")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    s.add_argument("--snapshots", default=None, metavar="DIR",
-                   help="a folder for the weights after each epoch (default: none)")
+    s.add_argument("--snapshots", type=feature_list, default=None, metavar="EPOCHS",
+                   help="comma-separated epochs after which the weights are kept (e.g. 1,2,5,10,20), in "
+                        "--snapshot-dir (default: none)")
+    s.add_argument("--snapshot-dir", default=None, metavar="DIR",
+                   help="the folder for --snapshots (default: beside --out, OUT_snapshots/)")
     _add_backend(s)
     s.set_defaults(func=cmd_train)
 
@@ -711,7 +1062,7 @@ def build_parser():
     s.add_argument("--images", type=positive_int, default=1000, metavar="N",
                    help="search the first N images of DATA")
     s.add_argument("-o", "--output", default="top9", metavar="DIR", help="output folder")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_backend(s), _add_dask(s)
     s.set_defaults(func=cmd_top9)
 
     s = command("filters", "the first layer's filters as a picture")
@@ -720,6 +1071,36 @@ def build_parser():
                    help="the picture; its suffix picks the format (.png, .jpg, ...)")
     _add_weights(s), _add_backend(s)
     s.set_defaults(func=cmd_filters)
+
+    s = sub.add_parser("occlude", help="occlusion sensitivity of one image (fig. 7 of the paper)")
+    s.add_argument("image", help="an image file")
+    s.add_argument("--layer", default=None, help="layer of the activity map (default: the last conv layer)")
+    s.add_argument("--feature", type=int, default=None, help="feature map (default: the strongest)")
+    s.add_argument("--size", type=int, default=None, help="side of the grey square (default: input side / 4)")
+    s.add_argument("--stride", type=int, default=None, help="step between positions (default: size / 4)")
+    s.add_argument("--target", default=None, help="class (name or index) of the probability map "
+                   "(default: the prediction for the whole image)")
+    s.add_argument("--fill", type=float, default=0.0, help="value of the hidden pixels (default 0: the mean)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--classes", default=None, help="class names: comma-separated, or a file with one per line "
+                   "(default: those saved with the model)")
+    s.add_argument("-o", "--output", default="occlusion.png")
+    _add_weights(s), _add_backend(s)
+    s.set_defaults(func=cmd_occlude)
+
+    s = sub.add_parser("correspond", help="part correspondence (table 1 of the paper) against random boxes")
+    s.add_argument("--class", dest="cls", default="face", help="built-in data: the class (default face)")
+    s.add_argument("--part", default=None, help="built-in data: a part of that class, or 'all' (default)")
+    s.add_argument("--images", type=int, default=20, help="built-in data: images per part (default 20)")
+    s.add_argument("--boxes", default=None, help="your images instead: a CSV (image,top,left,bottom,right"
+                   "[,part]) or JSON file of boxes in the images' own pixels (default: none: the built-in data)")
+    s.add_argument("--layers", default=None, help="comma-separated layers (default pool5,relu7)")
+    s.add_argument("--draws", type=int, default=10, help="random-box draws for the baseline (default 10)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fill", type=float, default=0.0, help="value of the hidden pixels (default 0: the mean)")
+    s.add_argument("-o", "--output", default=None, help="also write the table (.md or .html) (default: print it only)")
+    _add_weights(s), _add_backend(s)
+    s.set_defaults(func=cmd_correspond)
 
     s = command("summary", "the architecture table of a model")
     s.add_argument("--model", default=None, choices=["zfnet", "alexnet", "zfnet_mini"],
@@ -730,6 +1111,8 @@ def build_parser():
                    help="a model file saved by zfraw (.npz) whose architecture to show, instead of --model "
                         "(default: none)")
     s.set_defaults(func=cmd_summary)
+
+    _add_analysis_commands(sub)
     return p
 
 
