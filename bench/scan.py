@@ -94,9 +94,14 @@ def make_images(root, n, processes=None):
         path = folder / f"img{i:06d}.jpg"
         if not path.exists():
             jobs.append((str(path), label, i))
-    with Pool(processes or os.cpu_count()) as pool:
-        for _ in pool.imap_unordered(_write_image, jobs, chunksize=32):
-            pass
+    processes = processes or os.cpu_count() or 1
+    if processes == 1:
+        for job in jobs:
+            _write_image(job)
+    else:
+        with Pool(processes) as pool:
+            for _ in pool.imap_unordered(_write_image, jobs, chunksize=32):
+                pass
     common.write_atomic(done, json.dumps({"images": n, "size": PHOTO_SIZE}))
     return root, time.perf_counter() - t0
 
