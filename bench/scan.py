@@ -31,7 +31,7 @@ per-core rate holds (what the measured 1-to-N-worker scaling says about that
 is in the table).  The images are generated once into ``--cache`` (default
 ``~/.cache/zfraw/bench-scan``): the built-in procedural classes drawn at 128
 pixels, enlarged to 500x500, cropped to 500x375 and given sensor-like noise,
-saved as JPEG quality 90 (about the size of an ImageNet photo's file).
+saved as JPEG quality 90 (about 50 KB each; ImageNet's training JPEGs average about 110 KB).
 Results go to ``bench/results/scan-<cpu>-<cores>c-blas-<core>-<backend>.json``
 and ``.md``.
 """
