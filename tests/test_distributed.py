@@ -7,7 +7,6 @@ and a per-image forward.
 """
 import os
 import sys
-import warnings
 
 import numpy as np
 import pytest

@@ -228,7 +228,7 @@ def map_images(fn, net, dataset, *, client, indices=None, transform=None, batch_
     list of (idx int64 (B,), result)
         One entry per batch, in the order of ``indices``.
     """
-    order = _indices(dataset, indices)
+    order = topk.scan_indices(dataset, indices=indices)
     batch_size = int_arg("batch_size", batch_size, 1)
     chunk = _chunk_size(chunk_size, len(order), batch_size, _n_workers(client))
     chunks = [order[s:s + chunk] for s in range(0, len(order), chunk)]
@@ -236,14 +236,6 @@ def map_images(fn, net, dataset, *, client, indices=None, transform=None, batch_
                           desc="images", dataset=dataset, transform=transform, image_fn=fn, batch_size=batch_size,
                           fn_kwargs=fn_kwargs)
     return [pair for results in per_chunk for pair in results]
-
-
-def _indices(dataset, indices):
-    n = data.dataset_length(dataset)
-    order = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-    if len(order) and (order.min() < 0 or order.max() >= n):
-        raise IndexError(f"indices: expected dataset indices in [0, {n}), got {order.min()} .. {order.max()}")
-    return order
 
 
 def _n_workers(client):
@@ -402,11 +394,7 @@ def scan(net, dataset, layers, k=9, batch_size=64, transform=None, *, client, li
         raise ValueError("layers: expected at least one layer name")
     k = int_arg("k", k, 1)
     batch_size = int_arg("batch_size", batch_size, 1)
-    order = _indices(dataset, indices)
-    if limit is not None:
-        order = order[:int_arg("limit", limit, 0)]
-    if len(np.unique(order)) != len(order):
-        raise ValueError("indices: each dataset index may appear only once")
+    order = topk.scan_indices(dataset, limit, indices)
     if shard_size is None and shard_dir is not None and os.path.exists(os.path.join(shard_dir, MANIFEST)):
         with open(os.path.join(shard_dir, MANIFEST), encoding="utf-8") as fh:
             shard_size = json.load(fh).get("shard_size")  # resume with the plan the folder was made with
