@@ -150,7 +150,7 @@ def _warn_again(messages):
         warnings.warn(message, category, stacklevel=4)
 
 
-def _as_completed_ordered(client, fn, net, items, threads, kwargs, progress, desc, on_result=None):
+def _submit_and_collect(client, fn, net, items, threads, kwargs, progress, desc):
     """Submit ``fn(net, item, **kwargs)`` for every item to the workers; yield (position, result)
     as each finishes (a tqdm bar over finished items), raising its warnings here."""
     dd = require_dask()
@@ -196,7 +196,7 @@ def map_items(fn, net, items, *, client, threads=1, progress=True, desc="tasks",
     Returns the results in the order of ``items``.
     """
     out = [None] * len(items)
-    for pos, result in _as_completed_ordered(client, fn, net, items, threads, kwargs, progress, desc):
+    for pos, result in _submit_and_collect(client, fn, net, items, threads, kwargs, progress, desc):
         out[pos] = result
     return out
 
@@ -336,7 +336,7 @@ def _fingerprint(net, dataset, layers, k, order, shard_size, batch_size):
     files = hashlib.sha256("\n".join(getattr(dataset, "paths", [])).encode()).hexdigest()
     return dict(format="zfraw-topk-shards-1", net=net.name, weights_sha256=h.hexdigest(), layers=list(layers),
                 k=int(k), n_images=int(len(order)), order_sha256=hashlib.sha256(order.tobytes()).hexdigest(),
-                dataset=type(dataset).__name__, dataset_len=int(len(dataset)), files_sha256=files,
+                dataset=repr(dataset), dataset_len=int(len(dataset)), files_sha256=files,
                 shard_size=int(shard_size), batch_size=int(batch_size))
 
 
@@ -416,7 +416,7 @@ def scan(net, dataset, layers, k=9, batch_size=64, transform=None, *, client, li
         else:
             todo.append(j)
     if todo:
-        for pos, part in _as_completed_ordered(client, _scan_shard, net, [order[plan[j][0]:plan[j][1]] for j in todo],
+        for pos, part in _submit_and_collect(client, _scan_shard, net, [order[plan[j][0]:plan[j][1]] for j in todo],
                                                threads, dict(dataset=dataset, layers=layers, k=k,
                                                              batch_size=batch_size, transform=transform),
                                                progress, f"top-{k} shards"):
