@@ -43,10 +43,10 @@ def _add_weights(p):
 
 
 def _add_dask(p):
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="scan on a local Dask cluster of N worker processes (needs zfraw[dask])")
-    p.add_argument("--scheduler", default=None, help="scan on an existing Dask cluster at this address")
-    p.add_argument("--shard-dir", default=None,
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="scan on an existing Dask cluster at this address")
+    p.add_argument("--shard-dir", default=None, metavar="DIR",
                    help="with --workers/--scheduler: keep each finished shard here; run again to resume")
 
 
