@@ -262,17 +262,19 @@ def markdown(result):
              "read ratios measured side by side, not absolute values.\n"]
     one = next(r["images_per_s"] for r in rows if r["task"] == "forward zfnet_mini (1 thr)")
     every = [r["images_per_s"] for r in rows if r["task"].startswith("forward zfnet_mini")][-1]
+    decode = next(r["images_per_s"] for r in rows if r["task"].startswith("decode 64"))
+    per_worker = 1.0 / (1.0 / one + 1.0 / decode)  # one thread decodes, then forwards, image after image
     body = []
     for r in rows:
         note = []
         if r["task"] == "scan 1 process":
             note.append(f"{100 * r['images_per_s'] / every:.0f}% of the forward alone on all threads")
         elif r["task"].startswith("scan"):
-            note.append(f"{100 * r['images_per_s'] / (r['workers'] * one):.0f}% of {r['workers']} x the "
-                        f"1-thread forward")
+            note.append(f"{100 * r['images_per_s'] / (r['workers'] * per_worker):.0f}% of {r['workers']} x "
+                        f"{per_worker:.1f} (1-thread decode + forward)")
         if "cluster_start_s" in r:
             note.append(f"cluster start {r['cluster_start_s']:.1f} s apart; image ids as 1 process: "
-                        f"{'same' if r['same_ids'] else 'differ'}, values within {r['max_rel_value_diff']:.1g}")
+                        f"{'same' if r['same_ids'] else 'differ'}, values within {r['max_rel_value_diff']:.1g} (relative)")
         body.append([r["task"], r["workers"], r["images"], common.fmt(r["seconds"]),
                      common.fmt(r["images_per_s"]), "; ".join(note)])
     lines.append(common.markdown_table(["task", "workers", "images", "seconds", "images/s", "note"], body,
