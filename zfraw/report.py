@@ -9,7 +9,9 @@ the network), so the folder can be zipped, mailed or opened from disk:
 - the architecture table (output shapes, parameters, receptive fields);
 - the layer-1 filters;
 - for each chosen layer, top-9 figures (fig. 2 of the paper) for a few features
-  chosen automatically, and projections of a few single images.
+  chosen automatically, and projections of a few single images;
+- optionally (``zfraw demo`` has them) occlusion sensitivity of the example images
+  (fig. 7) and the part-correspondence table (table 1) against random boxes.
 
 The dataset is scanned once, in batches, for all layers together
 (:func:`zfraw.analysis.topk.scan_layers`).  The report is built in a temporary
@@ -33,7 +35,7 @@ from zfraw._args import int_arg
 from zfraw.backend import get_backend
 from zfraw.nn import Conv2d, Sequential
 
-__all__ = ["write_report", "DEFAULT_LAYERS"]
+__all__ = ["write_report", "DEFAULT_LAYERS", "occlusion_section", "correspondence_section", "rectified_top_conv"]
 
 DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -140,7 +142,8 @@ _CHOICE = {
 def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DEFAULT_LAYERS,
                  features_per_layer=4, n_images=1000, batch_size=64, progress=True,
                  title="What the layers respond to: deconvnet projections", how="top", k=9,
-                 n_examples=3, rule="deconvnet", description=None, scan_layers=None):
+                 n_examples=3, rule="deconvnet", description=None, scan_layers=None, occlusion=False,
+                 correspondence=False):
     """Write an HTML report of the deconvnet visualizations of ``net`` over ``dataset``.
 
     Parameters
@@ -174,6 +177,12 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     scan_layers : callable, optional
         The top-k scan, with the signature of :func:`zfraw.analysis.topk.scan_layers`
         (the default); e.g. :func:`zfraw.distributed.scanner` scans on Dask workers.
+    occlusion : bool
+        Add the occlusion section (fig. 7 of the paper) for the example images
+        (:func:`occlusion_section`; ``zfraw demo`` turns it on).
+    correspondence : bool
+        Add the part-correspondence table (table 1) when the dataset knows its part
+        boxes, as the built-in one does (:func:`correspondence_section`).
 
     Returns
     -------
@@ -204,7 +213,7 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
         os.mkdir(os.path.join(tmp, "img"))
         body, seconds, anchors = _build(tmp, net, dataset, transform, mean, classes, layers, features_per_layer,
                                n_images, batch_size, progress, how, k, n_examples, rule,
-                               scan_layers or V.scan_layers)
+                               scan_layers or V.scan_layers, occlusion, correspondence)
         page = _page(title, description, net, n_images, body, seconds, rule, anchors)
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as fh:
             fh.write(page)
@@ -216,7 +225,7 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
 
 
 def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_images, batch_size, progress,
-           how, k, n_examples, rule, scan_layers):
+           how, k, n_examples, rule, scan_layers, occlusion=False, correspondence=False):
     """Compute every picture into ``tmp/img``; returns (HTML sections, seconds taken, section anchors)."""
     t0 = time.perf_counter()
     parts, anchors = [], ["architecture"]
@@ -277,6 +286,15 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
             name = classes[lab] if classes and 0 <= lab < len(classes) else str(lab)
             parts.append(f"<figure><img src=\"{src}\" alt=\"image {i} projected at {_esc(lyr)}\">"
                          f"<figcaption>Image #{i} ({_esc(name)}).</figcaption></figure>")
+    sections = []
+    if occlusion:
+        sections.append(occlusion_section(tmp, net, example_x, example_labels, mean, classes, progress=progress))
+    if correspondence:
+        sections.append(correspondence_section(net, dataset, transform))
+    for section in sections:
+        if section is not None:
+            anchors.append(section[0])
+            parts.append(section[1])
     return "\n".join(parts), time.perf_counter() - t0, anchors
 
 
@@ -324,3 +342,90 @@ computed in {seconds:.1f} s by zfraw. {toc}</p>
 </body>
 </html>
 """
+
+
+# --------------------------------------------------------------------------- occlusion (fig. 7)
+def rectified_top_conv(net):
+    """The layer the occlusion section reads: the last conv layer's ReLU if one follows it
+    directly (the paper's feature maps are rectified), else the last conv layer itself."""
+    from zfraw.analysis.occlusion import last_conv
+    from zfraw.nn import ReLU
+
+    conv = last_conv(net)
+    names = net.names
+    after = names[names.index(conv) + 1] if names.index(conv) + 1 < len(names) else None
+    return after if after is not None and isinstance(net[after], ReLU) else conv
+
+
+def occlusion_section(tmp, net, images, labels, mean, classes, size=None, stride=None, progress=True):
+    """The report's occlusion section (fig. 7): one five-panel figure per image.
+
+    images: preprocessed (C, H, W) arrays; labels: their true classes (the target);
+    size/stride default to a quarter of the input side and a quarter of that.
+    Returns (anchor, HTML) or None when the network has no conv layer or no images.
+    """
+    from zfraw import deconvnet
+    from zfraw.analysis.occlusion import occlusion, strongest_drop
+    from zfraw.backend import to_host
+    from zfraw.render.occlusion import occlusion_figure
+
+    if not images or not any(isinstance(layer, Conv2d) for _, layer in net):
+        return None
+    x = np.stack([np.asarray(to_host(im)) for im in images])
+    side = min(x.shape[-2:])
+    size = size or max(1, side // 4)
+    stride = stride or max(1, size // 4)
+    layer = rectified_top_conv(net)
+    xp = get_backend().xp
+    xd = xp.asarray(x, dtype=next(iter(net.parameters().values())).dtype)
+    maps = occlusion(net, xd, size, stride, layer=layer, target=np.asarray(labels, dtype=np.int64),
+                     progress=progress)
+    projections = np.asarray(to_host(deconvnet.project(net, xd, layer, feature=maps.feature)))
+    net.clear()
+    name = (lambda k: classes[k] if classes and 0 <= k < len(classes) else str(k))  # noqa: E731
+    out = [f"<h2 id=\"occlusion\">Occlusion: what the network looks at</h2>",
+           f"<p>Each figure hides part of one image behind a grey {size}x{size} square (the mean colour: 0 "
+           f"after the mean is subtracted), placed at every position of a grid {stride} pixels apart, and runs "
+           f"the network on every copy. (b) shows how strongly the image's strongest {_esc(layer)} feature map "
+           f"still fires, (d) the probability of the true class and (e) the class the network then predicts, "
+           f"each drawn at the square's centre. If the network uses the object and not its surroundings, the "
+           f"probability drops only where the square covers the object: the test Zeiler &amp; Fergus used "
+           f"(their figure 7).</p>"]
+    for i, drop in enumerate(strongest_drop(maps)):
+        fig = occlusion_figure(maps, i, V.image_to_uint8(x[i], mean), projections[i], classes=classes)
+        src = _save(fig, tmp, f"occlusion_{i}.png")
+        caption = (f"True class {name(int(maps.target[i]))}: its probability falls to {drop.probability:.3f} "
+                   f"with the square at (top, left) = ({drop.top}, {drop.left}), where the network says "
+                   f"{name(drop.label)}.")
+        out.append(f"<figure><img src=\"{src}\" alt=\"occlusion sensitivity of image {i}\">"
+                   f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    return "occlusion", "\n".join(out)
+
+
+# --------------------------------------------------------------------------- correspondence (table 1)
+def correspondence_section(net, dataset, transform, n_images=16, random_draws=5):
+    """The report's correspondence section (table 1), for a dataset that knows its part boxes
+    (the built-in one) and a network with the layers of
+    :data:`zfraw.analysis.correspondence.BUILTIN_LAYERS`; None otherwise."""
+    from zfraw.analysis.correspondence import BUILTIN_LAYERS, BUILTIN_PARTS, part_correspondence
+    from zfraw.render.correspondence import html_table
+
+    if not hasattr(dataset, "part_boxes") or any(layer not in net.layers for layer in BUILTIN_LAYERS):
+        return None
+    results = part_correspondence(net, dataset, transform, BUILTIN_PARTS, BUILTIN_LAYERS, n_images=n_images,
+                                  random_draws=random_draws, skip_scarce=True)
+    if not results:
+        return None
+    n_images = max(next(iter(r.values()))["n"] for r in results.values())
+    first, second = BUILTIN_LAYERS
+    text = (f"<h2 id=\"correspondence\">Correspondence: does the network find the same part in every "
+            f"image?</h2><p>For each part, the same part (say a face's left eye) is hidden in each of {n_images} "
+            f"images of its class (fewer where the table says so) and the change of the features at a layer is compared between every two images: "
+            f"&Delta; is the fraction of features whose change has a different sign, averaged over the ordered "
+            f"pairs. If the network ties that part together across images, hiding it changes the features the "
+            f"same way each time and &Delta; is lower than for boxes of the same size at random positions "
+            f"(&ldquo;random&rdquo;: mean &plusmn; std over {random_draws} draws). {_esc(first)} is the output "
+            f"of the top conv layer's block and {_esc(second)} of the second fc layer, the paper's layers 5 and "
+            f"7; the paper (its table 1) found parts below random at layer 5 and closer to random at layer 7."
+            f"</p>")
+    return "correspondence", text + html_table(results, BUILTIN_LAYERS)
