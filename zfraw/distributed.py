@@ -40,7 +40,8 @@ from zfraw import data
 from zfraw._args import int_arg
 from zfraw.analysis import topk
 from zfraw.backend import get_backend, use_backend
-from zfraw.nn import Sequential, atomic_write
+from zfraw.io.npz import atomic_write
+from zfraw.nn import Sequential
 
 __all__ = ["INSTALL_HINT", "require_dask", "cluster", "worker_net", "map_items", "map_images", "scan",
            "scanner", "shard_plan", "occlusion_folder", "correspondence_sets"]

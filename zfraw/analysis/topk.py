@@ -37,7 +37,8 @@ import numpy as np
 from zfraw import data
 from zfraw._args import int_arg
 from zfraw.backend import get_backend, to_host
-from zfraw.nn import Sequential, atomic_savez
+from zfraw.io.npz import atomic_savez
+from zfraw.nn import Sequential
 
 __all__ = ["Activation", "TopK", "CHOOSE_MODES", "image_maxima", "scan_layers", "choose_features",
            "check_features", "feature_records", "top_activations", "ScanResult", "scan", "scan_indices",
