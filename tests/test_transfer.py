@@ -43,4 +43,5 @@ def test_retrain_command_on_a_folder(tmp_path, capsys):
     again = nn.load(out)
     assert again["fc8"].out_features == 2 and nn.read_meta(out)["extra"]["classes"] == ["blue", "red"]
     assert cli.main(["retrain", str(tmp_path / "data"), "-o", str(tmp_path / "x.txt")]) == 2
-    assert "ending in .npz" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "x.txt" in err and ".npz" in err
