@@ -93,7 +93,7 @@ def feature_list(text):
 # ============================================================== shared helpers
 
 def _add_dask(p):
-    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="scan on a local Dask cluster of N worker processes (needs zfraw[dask]; default: no cluster)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="scan on an existing Dask cluster at this address (default: none)")
