@@ -166,16 +166,18 @@ def _gradient_checks(rng, dev):
 
 
 def small_net(seed=0):
-    """A tiny float64 net with every layer type (conv, relu, pool, norm, flatten, linear, dropout)."""
+    """A tiny float64 net with every layer type (input normalization, conv, relu, pool, LRN, flatten,
+    linear, dropout, softmax)."""
     from zfraw import nn
 
     layers = [
+        ("input", nn.Normalize("BGR", 2.0, mean=(0.1, -0.2, 0.3), std=(0.9, 1.1, 1.3))),
         ("conv1", nn.Conv2d(3, 4, 3, 1, 1, init_std=0.5, seed=seed)), ("relu1", nn.ReLU()),
         ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)), ("norm1", nn.LocalResponseNorm(3, 0.5, 0.75, 1.0)),
         ("conv2", nn.Conv2d(4, 6, 3, 2, 1, groups=2, init_std=0.5, seed=seed + 1)), ("relu2", nn.ReLU()),
         ("flatten", nn.Flatten()), ("fc3", nn.Linear(6 * 2 * 2, 12, init_std=0.3, seed=seed + 2)),
         ("relu3", nn.ReLU()), ("drop3", nn.Dropout(0.25, seed=seed + 3)),
-        ("fc4", nn.Linear(12, 4, init_std=0.3, seed=seed + 4)),
+        ("fc4", nn.Linear(12, 4, init_std=0.3, seed=seed + 4)), ("prob", nn.Softmax()),
     ]
     net = nn.Sequential(layers, input_shape=(3, 9, 9), name="small")
     for name, p in net.parameters().items():  # positive biases keep most rectifiers open

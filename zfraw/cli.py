@@ -10,6 +10,9 @@
 ``zfraw summary``  the architecture table of a model
 ``zfraw occlude``  occlusion sensitivity of one image (fig. 7): five panels in a PNG
 ``zfraw correspond`` part correspondence (table 1): Delta per part and layer vs random boxes
+``zfraw invariance``  feature distances and class probability under translation, scale, rotation (fig. 5)
+``zfraw evolution``   the strongest features at snapshots taken during training (fig. 4)
+``zfraw compare-first-layer``  AlexNet's first layer against ZFNet's: dead filters, aliasing (fig. 6)
 =================  ==============================================================
 
 Errors (a missing file, an unknown layer, a feature out of range) print one line
@@ -18,6 +21,7 @@ and exit with status 2 (set ``ZFRAW_DEBUG=1`` for the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -41,6 +45,36 @@ def _add_backend(p):
 def _add_weights(p):
     p.add_argument("--weights", default=None,
                    help="a model saved by zfraw (.npz); default: the built-in trained zfnet_mini")
+
+
+def _add_dask(p):
+    p.add_argument("--workers", type=int, default=None,
+                   help="scan on a local Dask cluster of N worker processes (needs zfraw[dask])")
+    p.add_argument("--scheduler", default=None, help="scan on an existing Dask cluster at this address")
+    p.add_argument("--shard-dir", default=None,
+                   help="with --workers/--scheduler: keep each finished shard here; run again to resume")
+
+
+@contextlib.contextmanager
+def _scan_function(args):
+    """The top-k scan for --workers/--scheduler (a function like scan_layers), or None without them."""
+    if args.workers is None and args.scheduler is None:
+        if args.shard_dir is not None:
+            raise UsageError("--shard-dir needs --workers N or --scheduler ADDRESS")
+        yield None
+        return
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: expected at least 1, got {args.workers}")
+    try:
+        from zfraw import distributed
+
+        distributed.require_dask()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    with distributed.cluster(args.workers, args.scheduler) as client:
+        yield distributed.scanner(client, shard_dir=args.shard_dir)
 
 
 def _select_backend(name):
@@ -101,11 +135,13 @@ def cmd_demo(args):
     net, classes, mean = _load_net(args.weights)
     ds = builtin.dataset("val", n_per_class=max(1, args.images // 10))
     t0 = time.perf_counter()
-    index = report.write_report(
-        args.out, net, ds, builtin.eval_transform(mean), mean, classes=classes,
-        features_per_layer=args.features, progress=not args.quiet,
-        title="zfraw demo: what the built-in ZFNet learned", occlusion=True, correspondence=True,
-    )
+    with _scan_function(args) as scan_layers:
+        index = report.write_report(
+            args.out, net, ds, builtin.eval_transform(mean), mean, classes=classes,
+            features_per_layer=args.features, progress=not args.quiet,
+            title="zfraw demo: what the built-in ZFNet learned", scan_layers=scan_layers,
+            occlusion=True, correspondence=True,
+        )
     print(f"wrote {index} ({time.perf_counter() - t0:.0f} s on backend {backend!r}); open it in a browser")
     return 0
 
@@ -120,7 +156,8 @@ def cmd_train(args):
     print(f"training the built-in zfnet_mini on backend {backend!r} -> {out}")
     t0 = time.perf_counter()
     history = builtin.train_builtin(out, epochs=args.epochs, n_train_per_class=args.n_per_class,
-                                    checkpoint=args.checkpoint, resume=args.resume, snapshots=args.snapshots)
+                                    checkpoint=args.checkpoint, resume=args.resume, snapshots=args.snapshots,
+                                    snapshot_dir=args.snapshot_dir)
     print(f"held-out accuracy {history.val_acc[-1]:.3f} after {time.perf_counter() - t0:.0f} s; saved {out}")
     return 0
 
@@ -152,7 +189,9 @@ def _train_folder(args, backend):
     history = train.fit(net, train_batches, val_batches if val else None, epochs=epochs, lr=args.lr,
                         checkpoint=args.checkpoint, resume=args.resume,
                         schedule=train.PlateauSchedule() if val else None,
-                        extra=dict(classes=list(ds.classes), mean=np.asarray(mean).tolist()))
+                        extra=dict(classes=list(ds.classes), mean=np.asarray(mean).tolist()),
+                        snapshots=args.snapshots,
+                        snapshot_dir=args.snapshot_dir or (out[:-4] if out.endswith(".npz") else out) + "_snapshots")
     net.save(out, classes=list(ds.classes), mean=np.asarray(mean).tolist(), history=history.val_acc)
     print(f"saved {out} on backend {backend!r}")
     return 0
@@ -185,7 +224,14 @@ def cmd_top9(args):
     side = _input_side(net)
     ds = _dataset(args.data, net, args.images)
     transform = data.eval_transform(side, side, mean)
-    figures = visualize.top9(net, ds, args.layer, args.features, transform, mean, progress=True)
+    records = None
+    with _scan_function(args) as scan_layers:
+        if scan_layers is not None:
+            from zfraw.analysis.topk import feature_records
+
+            (store, width), = scan_layers(net, ds, [args.layer], transform=transform, progress=True).values()
+            records = feature_records(store, width, args.features, args.layer)
+    figures = visualize.top9(net, ds, args.layer, args.features, transform, mean, progress=True, records=records)
     os.makedirs(args.output, exist_ok=True)
     for feature, picture in figures.items():
         path = os.path.join(args.output, f"{args.layer}_feature{feature}.png")
@@ -252,7 +298,8 @@ def _class_index(text, classes, n_classes):
 
 
 def _check_output(path, suffixes):
-    """Refuse an output path that cannot be written, before any long work."""
+    """Refuse an output path that cannot be written, before any long work (``suffixes``: one or a tuple)."""
+    suffixes = (suffixes,) if isinstance(suffixes, str) else tuple(suffixes)
     if not path.lower().endswith(suffixes):
         raise UsageError(f"-o: expected a file ending in {' or '.join(suffixes)}, got {path!r}")
     folder = os.path.dirname(os.path.abspath(path))
@@ -357,6 +404,97 @@ def cmd_correspond(args):
     return 0
 
 
+def _load_images(paths, side, mean):
+    """Image files -> preprocessed (N, 3, side, side) float32 (resized, centre-cropped, mean subtracted)."""
+    from zfraw import data
+
+    transform = data.eval_transform(side, side, mean)
+    return np.stack([transform(data.load_image(p)) for p in paths]).astype(np.float32)
+
+
+def _default_invariance_layers(net):
+    """The first and last conv layers and the last hidden fully connected layer (conv1, conv5, fc7)."""
+    from zfraw import nn
+
+    convs = [n for n, lyr in net if isinstance(lyr, nn.Conv2d)]
+    fcs = [n for n, lyr in net if isinstance(lyr, nn.Linear)]
+    return list(dict.fromkeys(convs[:1] + convs[-1:] + fcs[-2:-1]))
+
+
+def cmd_invariance(args):
+    from zfraw.analysis import invariance as inv
+    from zfraw.render.invariance import invariance_figure
+
+    _check_output(args.output, ".png")
+    _select_backend(args.backend)
+    net, classes, mean = _load_net(args.weights)
+    classes = _class_names(args.classes, classes)
+    layers = args.layers or _default_invariance_layers(net)
+    for lyr in layers:
+        net.check_layer(lyr)
+    amounts = args.amounts if args.amounts is not None else DEFAULT_AMOUNTS[args.transform]
+    x = _load_images(args.images, _input_side(net), mean)
+    target = _class_index(args.target, classes, len(classes) if classes else 10**9)
+    result = inv.invariance(net, x, args.transform, amounts, layers, target=target, progress=True)
+    names = [os.path.basename(p) + (f" ({classes[t]})" if classes and t < len(classes) else f" (class {t})")
+             for p, t in zip(args.images, result["target"])]
+    _save_png(invariance_figure(result, layers, kind=args.kind, labels=names), args.output)
+    for lyr in layers:
+        worst = np.nanmax(result[lyr]["relative"], axis=1)
+        print(f"{lyr}: largest relative distance per image " + ", ".join(f"{v:.3f}" for v in worst))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_evolution(args):
+    from zfraw import data
+    from zfraw.analysis import evolution as evo
+    from zfraw.render.evolution import evolution_figure
+
+    _check_output(args.output, ".png")
+    _select_backend(args.backend)
+    if args.weights and not args.snapshots:
+        raise UsageError("--weights needs the snapshots of that model's training (SNAPSHOTS: a folder or a packed file)")
+    snapshots = args.snapshots or evo.builtin_snapshots_path()
+    like = _load_net(args.weights)[0] if args.weights else None
+    epochs, nets, extra = evo.load_snapshots(snapshots, like=like)
+    mean = np.asarray(extra.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
+    side = _input_side(nets[-1])
+    ds = _dataset(args.data, nets[-1], args.images)
+    n = min(args.images, len(ds))
+    transform = data.eval_transform(side, side, mean)
+    x = np.stack([transform(ds[i][0]) for i in range(n)]).astype(np.float32)
+    result = evo.evolution((epochs, nets), x, args.layers, n_features=args.features, progress=True)
+    _save_png(evolution_figure(result), args.output)
+    print(f"wrote {args.output} (epochs {', '.join(map(str, epochs))}, {n} images)")
+    return 0
+
+
+def cmd_compare_first_layer(args):
+    from zfraw import data
+    from zfraw.analysis import first_layer as fl
+    from zfraw.render.first_layer import first_layer_figure, report_line
+
+    _check_output(args.output, ".png")
+    _select_backend(args.backend)
+    if args.weights:
+        nets = {}
+        for path in args.weights:
+            nets[os.path.basename(path)] = _load_net(path)
+    else:
+        nets = {name: (net, None, mean) for name, (net, mean) in fl.builtin_models().items()}
+    reports = {}
+    for name, (net, _, mean) in nets.items():
+        side = _input_side(net)
+        ds = _dataset(args.data, net, args.images)
+        reports[name] = fl.first_layer_report(net, ds, data.eval_transform(side, side, mean),
+                                              n_features=args.features, limit=args.images, progress=True)
+        print(report_line(name, reports[name]))
+    _save_png(first_layer_figure(reports), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _save_png(picture, path):
     """Save a PIL image atomically (temporary file beside it, then rename)."""
     from zfraw.nn import atomic_write
@@ -373,6 +511,66 @@ def _feature_list(text):
         raise argparse.ArgumentTypeError(f"features must be comma-separated ints, got {text!r}") from None
 
 
+def _float_list(text):
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _name_list(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+#: amounts of ``zfraw invariance`` when --amounts is not given
+DEFAULT_AMOUNTS = {
+    "translate": list(range(-20, 21, 4)),
+    "scale": [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5],
+    "rotate": list(range(0, 361, 30)),
+}
+
+
+def _add_analysis_commands(sub):
+    """The parsers of ``invariance``, ``evolution`` and ``compare-first-layer``."""
+    s = sub.add_parser("invariance", help="feature change and class probability as images are transformed (fig. 5)")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    s.add_argument("--transform", required=True, choices=["translate", "scale", "rotate"])
+    s.add_argument("--amounts", type=_float_list, default=None,
+                   help="comma-separated: pixels (translate, vertical), factors (scale) or degrees (rotate)")
+    s.add_argument("--layers", type=_name_list, default=None,
+                   help="comma-separated layers (default: first and last conv, last hidden fc)")
+    s.add_argument("--kind", default="relative", choices=["relative", "distance"],
+                   help="plot the distance divided by the original's norm (default) or the plain distance")
+    s.add_argument("--target", default=None, help="the true class (name or index; default: the prediction)")
+    s.add_argument("--classes", default=None, help="comma-separated class names of a model that records none")
+    s.add_argument("-o", "--output", default="invariance.png")
+    _add_weights(s), _add_backend(s)
+    s.set_defaults(func=cmd_invariance)
+
+    s = sub.add_parser("evolution", help="the strongest features at training snapshots (fig. 4)")
+    s.add_argument("snapshots", nargs="?", default=None,
+                   help="a folder of epochNNN.npz (zfraw train --snapshots) or a packed file; "
+                        "default: the built-in model's")
+    s.add_argument("--data", default="builtin", help="'builtin' or a folder of class folders (the image set)")
+    s.add_argument("--images", type=int, default=200, help="images searched at each snapshot (default 200)")
+    s.add_argument("--layers", type=_name_list, default=None, help="comma-separated conv layers (default: all)")
+    s.add_argument("--features", type=int, default=4, help="features followed per layer (default 4)")
+    s.add_argument("-o", "--output", default="evolution.png")
+    _add_weights(s), _add_backend(s)
+    s.set_defaults(func=cmd_evolution)
+
+    s = sub.add_parser("compare-first-layer",
+                       help="first-layer filters, dead filters and layer-2 aliasing of networks side by side (fig. 6)")
+    s.add_argument("--weights", nargs="+", default=None,
+                   help="models to compare (default: the built-in alexnet_mini and zfnet_mini)")
+    s.add_argument("--data", default="builtin", help="'builtin' or a folder of class folders")
+    s.add_argument("--images", type=int, default=200, help="images searched for the conv2 top 9 (default 200)")
+    s.add_argument("--features", type=int, default=4, help="conv2 features shown (default 4)")
+    s.add_argument("-o", "--output", default="first_layer.png")
+    _add_backend(s)
+    s.set_defaults(func=cmd_compare_first_layer)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="zfraw", description="Deconvnet visualization (Zeiler & Fergus 2014) "
                                 "with a from-scratch convnet engine.")
@@ -384,7 +582,7 @@ def build_parser():
     s.add_argument("--images", type=int, default=1000, help="images searched for top activations (default 1000)")
     s.add_argument("--features", type=int, default=4, help="features shown per conv layer (default 4)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_backend(s), _add_dask(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("check", help="check every op against SciPy, gradients and transposes")
@@ -406,7 +604,10 @@ def build_parser():
     s.add_argument("--out", default=None, help="where to save the trained model (.npz)")
     s.add_argument("--checkpoint", default=None, help="a .npz written after every epoch")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    s.add_argument("--snapshots", default=None, help="--builtin: a folder for the weights after each epoch")
+    s.add_argument("--snapshots", type=_feature_list, default=None,
+                   help="comma-separated epochs after which the weights are kept (e.g. 1,2,5,10,20), in "
+                        "--snapshot-dir (default: beside --out, OUT_snapshots/)")
+    s.add_argument("--snapshot-dir", default=None, help="the folder for --snapshots")
     _add_backend(s)
     s.set_defaults(func=cmd_train)
 
@@ -426,7 +627,7 @@ def build_parser():
     s.add_argument("--features", type=_feature_list, default=None, help="comma-separated (default: the most active)")
     s.add_argument("--images", type=int, default=1000, help="--builtin: images to search (default 1000)")
     s.add_argument("-o", "--output", default="top9", help="output folder")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_backend(s), _add_dask(s)
     s.set_defaults(func=cmd_top9)
 
     s = sub.add_parser("filters", help="the first layer's filters as a picture")
@@ -470,6 +671,8 @@ def build_parser():
     s.add_argument("--classes", type=int, default=None)
     _add_weights(s)
     s.set_defaults(func=cmd_summary)
+
+    _add_analysis_commands(sub)
     return p
 
 

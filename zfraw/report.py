@@ -142,7 +142,8 @@ _CHOICE = {
 def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DEFAULT_LAYERS,
                  features_per_layer=4, n_images=1000, batch_size=64, progress=True,
                  title="What the layers respond to: deconvnet projections", how="top", k=9,
-                 n_examples=3, rule="deconvnet", description=None, occlusion=False, correspondence=False):
+                 n_examples=3, rule="deconvnet", description=None, scan_layers=None, occlusion=False,
+                 correspondence=False):
     """Write an HTML report of the deconvnet visualizations of ``net`` over ``dataset``.
 
     Parameters
@@ -173,6 +174,9 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
         Single images projected at each layer (their strongest feature).
     description : str, optional
         A paragraph (plain text) shown under the title, e.g. how the network was trained.
+    scan_layers : callable, optional
+        The top-k scan, with the signature of :func:`zfraw.analysis.topk.scan_layers`
+        (the default); e.g. :func:`zfraw.distributed.scanner` scans on Dask workers.
     occlusion : bool
         Add the occlusion section (fig. 7 of the paper) for the example images
         (:func:`occlusion_section`; ``zfraw demo`` turns it on).
@@ -206,7 +210,7 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
         os.mkdir(os.path.join(tmp, "img"))
         body, seconds, anchors = _build(tmp, net, dataset, transform, mean, classes, layers, features_per_layer,
                                n_images, batch_size, progress, how, k, n_examples, rule,
-                               occlusion, correspondence)
+                               scan_layers or V.scan_layers, occlusion, correspondence)
         page = _page(title, description, net, n_images, body, seconds, rule, anchors)
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as fh:
             fh.write(page)
@@ -218,7 +222,7 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
 
 
 def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_images, batch_size, progress,
-           how, k, n_examples, rule, occlusion=False, correspondence=False):
+           how, k, n_examples, rule, scan_layers, occlusion=False, correspondence=False):
     """Compute every picture into ``tmp/img``; returns (HTML sections, seconds taken, section anchors)."""
     t0 = time.perf_counter()
     parts, anchors = [], ["architecture"]
@@ -240,7 +244,7 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
                      f"{first.out_channels} filters of the first convolution, each contrast-normalized on its "
                      f"own (grey = 0), enlarged 8 times.</figcaption></figure>")
 
-    scans = V.scan_layers(net, dataset, layers, k, batch_size, transform, progress, limit=n_images)
+    scans = scan_layers(net, dataset, layers, k, batch_size, transform, progress, limit=n_images)
     examples = _example_indices(dataset, n_images, n_examples)
     example_x = [data.load_item(dataset, i, transform) for i in examples]
     example_labels = _labels(dataset, examples)

@@ -20,11 +20,12 @@ import numpy as np
 
 from zfraw import functional as F
 from zfraw.backend import get_backend, to_host
-from zfraw.nn import Conv2d, Dropout, Sequential, atomic_savez
+from zfraw.io import npz
+from zfraw.nn import Conv2d, Dropout, Sequential
 
 __all__ = [
     "SGD", "StepSchedule", "PlateauSchedule", "renormalize_filters", "filter_rms",
-    "train_step", "evaluate", "fit", "History", "load_checkpoint",
+    "train_step", "evaluate", "fit", "History", "load_checkpoint", "save_snapshot", "snapshot_path",
 ]
 
 
@@ -79,18 +80,42 @@ class SGD:
         self.velocity = {k: xp.zeros_like(p) for k, p in net.parameters().items()}
 
     def step(self):
-        """One update from the gradients of the last ``net.backward``."""
+        """One update from the gradients of the last ``net.backward``, in place.
+
+        v <- momentum v - lr g - lr wd w, then w <- w + v, walking each parameter
+        in blocks of 2**20 elements (so that the five in-place passes reuse a
+        block while it is in cache) with ``out=`` ufuncs into one scratch block:
+        no temporary the size of a parameter (fc6 alone holds 38 M weights).
+        """
+        block = 2**20
         grads = self.net.gradients()
-        for name, p in self.net.parameters().items():
-            if name not in grads:
-                raise RuntimeError(f"no gradient for {name}: run net.backward(...) before step()")
-            g = grads[name]
-            if self.weight_decay and name.endswith(".w"):
-                g = g + self.weight_decay * p
-            v = self.velocity[name]
-            v *= self.momentum
-            v -= self.lr * g
-            p += v
+        params = self.net.parameters()
+        missing = [name for name in params if name not in grads]
+        if missing:
+            raise RuntimeError(f"no gradient for {missing[0]}: run net.backward(...) before step()")
+        xp = get_backend().xp
+        scratch = {}  # one block per dtype
+        for name, p in params.items():
+            decay = self.lr * self.weight_decay if name.endswith(".w") else 0.0
+            v, g = self.velocity[name], grads[name]
+            if not (p.flags.c_contiguous and v.flags.c_contiguous):  # no flat views: whole arrays
+                v *= self.momentum
+                v -= self.lr * g + decay * p
+                p += v
+                continue
+            if p.dtype not in scratch:
+                scratch[p.dtype] = xp.empty(min(block, max(q.size for q in params.values())), dtype=p.dtype)
+            p, g, v = p.reshape(-1), g.reshape(-1), v.reshape(-1)
+            for i in range(0, p.size, block):
+                w_blk, g_blk, v_blk = p[i:i + block], g[i:i + block], v[i:i + block]
+                tmp = scratch[w_blk.dtype][:w_blk.size]
+                v_blk *= self.momentum
+                xp.multiply(g_blk, self.lr, out=tmp)
+                v_blk -= tmp
+                if decay:
+                    xp.multiply(w_blk, decay, out=tmp)
+                    v_blk -= tmp
+                w_blk += v_blk
         renormalize_filters(self.net, self.renorm_radius)
 
     def state_dict(self):
@@ -212,12 +237,8 @@ def _set_dropout_states(net, states):
 
 
 def _save_checkpoint(path, net, opt, history, epoch, extra):
-    arrays = dict(net.state_dict())
-    arrays.update(opt.state_dict())
-    meta = {"spec": net.spec(), "extra": extra, "epoch": epoch, "history": json.loads(history.to_json()),
-            "dropout_rng": _dropout_states(net)}
-    arrays["__zfraw__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    atomic_savez(path, arrays)
+    npz.write(path, net.spec(), net.state_dict(), extra=extra, arrays=opt.state_dict(), epoch=epoch,
+              history=json.loads(history.to_json()), dropout_rng=_dropout_states(net))
 
 
 def load_checkpoint(path, net, opt=None):
@@ -225,19 +246,47 @@ def load_checkpoint(path, net, opt=None):
 
     The dropout generators are restored too, so a resumed run continues exactly.
     """
-    with np.load(path) as data:
-        meta = json.loads(bytes(data["__zfraw__"]).decode())
-        state = {k: data[k] for k in data.files if not k.startswith("__")}
-    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("velocity/")})
+    contents = npz.read(path, require_meta=True)
+    meta = contents.meta
+    net.load_state_dict(contents.params)
     _set_dropout_states(net, meta.get("dropout_rng", {}))
     if opt is not None:
-        opt.load_state_dict(state)
-    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), meta.get("extra", {})
+        opt.load_state_dict(contents.other)
+    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), contents.extra
+
+
+def snapshot_path(snapshot_dir, epoch):
+    """Where :func:`fit` keeps the snapshot after ``epoch`` (1-based): ``snapshot_dir/epochNNN.npz``."""
+    return os.path.join(os.fspath(snapshot_dir), f"epoch{int(epoch):03d}.npz")
+
+
+def save_snapshot(net, snapshot_dir, epoch, extra=None):
+    """Save the weights after ``epoch`` with ``net.save`` (a temporary name, then ``os.replace``).
+
+    The file (:func:`snapshot_path`) is a whole model, loadable with
+    :func:`zfraw.nn.load`, that also records ``epoch`` and ``extra`` (class
+    names, mean); a write that fails or is killed leaves any older file intact.
+    """
+    return net.save(snapshot_path(snapshot_dir, epoch), **dict(extra or {}), epoch=int(epoch))
+
+
+def _check_snapshots(snapshots, snapshot_dir):
+    if snapshots is None:
+        return set()
+    try:
+        epochs = {int(e) for e in snapshots}
+    except (TypeError, ValueError):
+        raise TypeError(f"snapshots must be epoch numbers (ints), got {snapshots!r}") from None
+    if any(e < 1 for e in epochs):
+        raise ValueError(f"snapshots must be epochs >= 1, got {sorted(epochs)}")
+    if epochs and snapshot_dir is None:
+        raise ValueError("snapshot_dir is needed when snapshots are asked for")
+    return epochs
 
 
 def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, weight_decay=5e-4,
         renorm_radius=0.1, schedule=None, checkpoint=None, resume=False, progress=True, extra=None,
-        on_epoch=None):
+        on_epoch=None, snapshots=None, snapshot_dir=None):
     """Train ``net`` with SGD and return its :class:`History`.
 
     train_batches: a function ``epoch -> iterable of (x, labels)`` (so each epoch
@@ -247,13 +296,16 @@ def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, 
     :class:`PlateauSchedule`) or None for a constant rate; checkpoint: a ``.npz``
     path written atomically after every epoch (weights, velocities, history);
     resume: continue from that checkpoint when it exists; on_epoch: called as
-    ``on_epoch(epoch, net, history)`` after each epoch (e.g. to save snapshots).
+    ``on_epoch(epoch, net, history)`` after each epoch; snapshots: epochs (1-based)
+    after which the weights are kept in ``snapshot_dir`` (:func:`save_snapshot`),
+    for the feature-evolution pictures of :mod:`zfraw.analysis.evolution`.
     """
     if not isinstance(net, Sequential):
         raise TypeError(f"net must be a zfraw.nn.Sequential, got {type(net).__name__}")
     if not callable(train_batches):
         raise TypeError("train_batches must be a function epoch -> iterable of (x, labels) batches")
     epochs = int(epochs)
+    snapshots = _check_snapshots(snapshots, snapshot_dir)
     opt = SGD(net, lr, momentum, weight_decay, renorm_radius)
     history, start = History(), 0
     if resume and checkpoint and os.path.exists(checkpoint):
@@ -290,6 +342,8 @@ def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, 
              progress)
         if checkpoint:
             _save_checkpoint(checkpoint, net, opt, history, epoch + 1, extra)
+        if epoch + 1 in snapshots:
+            save_snapshot(net, snapshot_dir, epoch + 1, extra)
         if on_epoch is not None:
             on_epoch(epoch + 1, net, history)
     net.eval()
