@@ -19,12 +19,13 @@ with the transposed filters, then ``col2im``, tile by tile.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
 from zfraw import backend as _backend
-from zfraw._args import int_arg as _int, pair_arg as _pair
+from zfraw._args import int_arg as _int, pair_arg as _pair, shape_arg as _shape
 
 __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "conv_transpose2d", "conv_matrix",
@@ -45,6 +46,9 @@ def _array(name, a, ndim=None, float_only=True):
     xp = _backend.get_backend().xp
     if not isinstance(a, xp.ndarray):
         kind = type(a).__module__.split(".")[0] + "." + type(a).__name__
+        if isinstance(a, np.generic):  # a NumPy scalar, e.g. np.float32(1.0): not an array of another backend
+            raise TypeError(f"{name} must be an array ({xp.__name__}.ndarray), got the NumPy scalar {kind} {a!r}; "
+                            f"make it an array of the right shape")
         if hasattr(a, "shape") and hasattr(a, "dtype"):
             raise TypeError(
                 f"{name} is a {kind} but the active backend {_backend.get_backend().name!r} works on "
@@ -64,14 +68,8 @@ def _same_dtype(ref_name, ref, name, a):
 
 
 def _spatial_shape(name, shape):
-    """(H, W) from a shape given as (H, W), (C, H, W) or (N, C, H, W)."""
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"{name} must be a shape tuple, got {shape!r}") from None
-    if len(shape) not in (2, 3, 4) or min(shape) < 1:
-        raise ValueError(f"{name} must be (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got {shape}")
-    return shape[-2:]
+    """(H, W) from a shape given as (H, W), (C, H, W) or (N, C, H, W) of ints >= 1."""
+    return _shape(name, shape, (2, 3, 4))[-2:]
 
 
 def conv_output_size(size, k, stride, pad, name="input"):
@@ -236,10 +234,7 @@ def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     cols = _array("cols", cols, 3)
     kh, kw = _int("kh", kh, 1), _int("kw", kw, 1)
     (sh, sw), (ph, pw) = _pair("stride", stride, 1), _pair("pad", pad, 0)
-    try:
-        n, c, h, w = (int(s) for s in x_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"x_shape must be (N, C, H, W), got {x_shape!r}") from None
+    n, c, h, w = _shape("x_shape", x_shape, (4,), minimum=0)
     ho = conv_output_size(h, kh, sh, ph, "x_shape height")
     wo = conv_output_size(w, kw, sw, pw, "x_shape width")
     if cols.shape != (n, c * kh * kw, ho * wo):
@@ -256,6 +251,9 @@ def _conv_args(x_name, x, w, stride, pad, groups):
     """Validate a conv call; returns (w, (sh, sw), (ph, pw), groups)."""
     w = _array("w", w, 4)
     _same_dtype(x_name, x, "w", w)
+    if 0 in w.shape:
+        raise ValueError(f"w must have at least one filter, one channel and a window of at least 1x1 "
+                         f"(F, C // groups, kh, kw), got shape {tuple(w.shape)}")
     groups = _int("groups", groups, 1)
     if w.shape[0] % groups:
         raise ValueError(f"w has {w.shape[0]} filters, which groups={groups} does not divide")
@@ -341,7 +339,7 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
     if h < 1 or wd < 1:
         raise ValueError(f"y of {ho}x{wo} with this kernel, stride and pad gives an empty output")
     c = cg * groups
-    if output_shape is not None and tuple(int(s) for s in output_shape)[:-2] not in ((), (c,), (n, c)):
+    if output_shape is not None and tuple(output_shape)[:-2] not in ((), (c,), (n, c)):
         raise ValueError(f"output_shape {tuple(output_shape)} does not match the output's (N, C) = {(n, c)}")
     kg, fg = cg * kh * kw, f // groups
     w_groups_t = w.reshape(groups, fg, kg).transpose(0, 2, 1)
@@ -415,7 +413,7 @@ def conv_matrix(w, input_shape, stride=1, pad=0, groups=1):
         raise TypeError(f"w must be a float32/float64 array, got {getattr(w, 'dtype', type(w))}")
     if w.ndim != 4:
         raise ValueError(f"w must have 4 dimensions (F, C, kh, kw), got {w.ndim}")
-    shape = tuple(int(s) for s in input_shape)
+    shape = _shape("input_shape", input_shape, (3, 4))
     if len(shape) == 4 and shape[0] == 1:
         shape = shape[1:]
     if len(shape) != 3:
@@ -496,7 +494,7 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     if switches.shape != y.shape:
         raise ValueError(f"switches must have y's shape {tuple(y.shape)}, got {tuple(switches.shape)}")
     h, w = _spatial_shape("input_shape", input_shape)
-    lead = tuple(int(s) for s in input_shape)[:-2]
+    lead = tuple(input_shape)[:-2]
     if lead not in ((), tuple(y.shape[1:2]), tuple(y.shape[:2])):
         raise ValueError(f"input_shape {tuple(input_shape)} does not match y's (N, C) {tuple(y.shape[:2])}")
     if switches.size:
@@ -551,6 +549,8 @@ def _lrn_args(size, alpha, beta, k):
     for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"{name} must be a real number, got {v!r}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
     if k <= 0:
         raise ValueError(f"k must be > 0 (it keeps the denominator positive), got {k}")
     if alpha < 0:
@@ -639,6 +639,8 @@ def dropout(x, p, rng):
 def softmax(z):
     """Softmax over the last axis, shifted by the maximum for stability: z (N, K) -> p (N, K)."""
     z = _array("z", z)
+    if z.ndim == 0 or z.shape[-1] == 0:
+        raise ValueError(f"z must have at least one class on its last axis, got shape {tuple(z.shape)}")
     xp = _backend.get_backend().xp
     e = xp.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -649,6 +651,11 @@ def cross_entropy(z, labels):
 
     z (N, K) scores, labels (N,) ints in [0, K) -> (loss, dz) with
     loss = -mean_n log softmax(z)[n, labels[n]] and dz = (softmax(z) - onehot) / N.
+
+    Computed so that nothing cancels when the softmax saturates: with
+    s = z - max(z), log p = s - log1p(sum of exp(s) over all but one maximum),
+    and the label's entry of dz is expm1(log p_label) rather than p_label - 1
+    (which loses every digit of 1 - p_label below float32's 6e-8).
     """
     z = _array("z", z, 2)
     xp = _backend.get_backend().xp
@@ -656,15 +663,21 @@ def cross_entropy(z, labels):
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
     n, k = z.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"z must hold at least one row of at least one class score (N, K >= 1), "
+                         f"got shape {tuple(z.shape)}")
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise ValueError(f"labels must lie in [0, {k}), got values in [{int(labels.min())}, {int(labels.max())}]")
-    shifted = z - z.max(axis=1, keepdims=True)
-    log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     rows = xp.arange(n)
+    top = z.argmax(axis=1)
+    shifted = z - z[rows, top][:, None]
+    e = xp.exp(shifted)
+    e[rows, top] = 0  # exp(0) = 1 of the maximum is the "1" of log1p
+    log_p = shifted - xp.log1p(e.sum(axis=1, keepdims=True))
     loss = -log_p[rows, labels].mean()
     dz = xp.exp(log_p)
-    dz[rows, labels] -= 1
+    dz[rows, labels] = xp.expm1(log_p[rows, labels])
     dz /= n
     return float(loss), dz

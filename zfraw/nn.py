@@ -27,6 +27,7 @@ from collections import OrderedDict
 import numpy as np
 
 from zfraw import functional as F
+from zfraw._args import shape_arg
 from zfraw.backend import get_backend, to_host
 from zfraw.io import npz
 from zfraw.io.npz import atomic_savez, atomic_write, read_meta  # noqa: F401  (public here too)
@@ -430,7 +431,7 @@ class Sequential:
             if lname in self.layers:
                 raise ValueError(f"layer name {lname!r} is used twice")
             self.layers[lname] = layer
-        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.input_shape = None if input_shape is None else shape_arg("input_shape", input_shape, (3,))
         self.name = name
         #: the :class:`zfraw.io.preprocess.Preprocessing` an imported network expects (None:
         #: zfraw's own convention, pixels / 255 minus the saved mean); saved in the spec
@@ -562,6 +563,11 @@ class Sequential:
         for k, v in state.items():
             if k not in own:
                 continue
+            kind = getattr(getattr(v, "dtype", None), "kind", None)
+            if kind is None:
+                raise TypeError(f"state[{k!r}] must be an array, got {type(v).__name__}")
+            if kind not in "fiu":  # complex would lose its imaginary part, bool/str/object mean nothing here
+                raise TypeError(f"state[{k!r}] must hold real numbers, got dtype {v.dtype}")
             if tuple(v.shape) != tuple(own[k].shape):
                 raise ValueError(f"parameter {k} has shape {tuple(own[k].shape)} but the state gives {tuple(v.shape)}")
             self.set_parameter(k, xp.asarray(v, dtype=own[k].dtype))
@@ -618,9 +624,10 @@ class Sequential:
 
     def summary(self, input_shape=None):
         """Rows (name, type, output shape, parameter count) for one image of ``input_shape``."""
-        shape = input_shape or self.input_shape
+        shape = input_shape if input_shape is not None else self.input_shape
         if shape is None:
             raise ValueError("input_shape is needed (the network does not record one)")
+        shape = shape_arg("input_shape", shape, (3,))
         xp = get_backend().xp
         params = {lname: int(sum(int(np.prod(p.shape)) for p in layer.params.values()))
                   for lname, layer in self.layers.items()}

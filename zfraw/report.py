@@ -5,13 +5,18 @@
 the network), so the folder can be zipped, mailed or opened from disk:
 
 - what the pictures are (the deconvnet of Zeiler & Fergus 2014) and how to read
-  a top-9 figure;
+  a top-9 figure; what the images are (:func:`describe_dataset`, with the class
+  list); why the first layer's nine projections are copies of its filter;
 - the architecture table (output shapes, parameters, receptive fields);
 - the layer-1 filters;
 - for each chosen layer, top-9 figures (fig. 2 of the paper) for a few features
-  chosen automatically, and projections of a few single images;
+  chosen automatically, and projections of a few single images with the model's
+  prediction (in the model's own class names);
 - optionally (``zfraw demo`` has them) occlusion sensitivity of the example images
   (fig. 7) and the part-correspondence table (table 1) against random boxes.
+
+The page fits narrow windows (pictures shrink to the width, the table scrolls),
+and the folder gets the mode the user's umask gives a new folder.
 
 The dataset is scanned once, in batches, for all layers together
 (:func:`zfraw.analysis.topk.scan_layers`).  The report is built in a temporary
@@ -35,13 +40,14 @@ from zfraw._args import int_arg
 from zfraw.backend import get_backend
 from zfraw.nn import Conv2d, Sequential
 
-__all__ = ["write_report", "DEFAULT_LAYERS", "occlusion_section", "correspondence_section", "rectified_top_conv"]
+__all__ = ["write_report", "describe_dataset", "DEFAULT_LAYERS", "occlusion_section", "correspondence_section",
+           "rectified_top_conv"]
 
 DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1100px; padding: 0 1em; color: #222; line-height: 1.45; }
+       max-width: 1100px; padding: 0 1em; color: #222; line-height: 1.45; overflow-wrap: break-word; }
 h1 { margin-bottom: 0.2em; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
 .meta { color: #666; }
@@ -49,9 +55,16 @@ table.arch { border-collapse: collapse; font-size: 0.9em; }
 table.arch th, table.arch td { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; }
 table.arch td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.arch tr.conv { background: #f3f7ff; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-figcaption { font-size: 0.85em; color: #444; max-width: 560px; }
-img { image-rendering: pixelated; image-rendering: crisp-edges; border: 1px solid #eee; }
+.scroll { overflow-x: auto; max-width: 100%; }
+figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; max-width: 100%; }
+figcaption { font-size: 0.85em; color: #444; max-width: min(560px, 100%); }
+img { image-rendering: pixelated; image-rendering: crisp-edges; border: 1px solid #eee;
+      max-width: 100%; height: auto; }
+@media (max-width: 640px) {
+  body { margin: 1em auto; padding: 0 0.5em; }
+  figure { margin: 0.5em 0; }
+  table.arch { font-size: 0.8em; }
+}
 .note { background: #fafafa; border-left: 3px solid #aac; padding: 0.5em 1em; }
 """
 
@@ -129,7 +142,8 @@ def _arch_html(rows):
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     total = sum(r["params"] for r in rows)
     body.append(f"<tr><th>total</th><td></td><td></td><td></td><td class=\"num\">{total:,}</td><td></td></tr>")
-    return f'<table class="arch"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<div class="scroll"><table class="arch"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 _CHOICE = {
@@ -143,7 +157,7 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
                  features_per_layer=4, n_images=1000, batch_size=64, progress=True,
                  title="What the layers respond to: deconvnet projections", how="top", k=9,
                  n_examples=3, rule="deconvnet", description=None, scan_layers=None, occlusion=False,
-                 correspondence=False):
+                 correspondence=False, model_classes=None, about_images=None):
     """Write an HTML report of the deconvnet visualizations of ``net`` over ``dataset``.
 
     Parameters
@@ -158,7 +172,11 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     mean : array_like or None
         The mean ``transform`` subtracts (to show the images as they were).
     classes : list of str, optional
-        Class names (default: ``dataset.classes`` if it has them).
+        The dataset's class names, for the images' labels (default:
+        ``dataset.classes`` if it has them).
+    model_classes : list of str, optional
+        The model's own class names, for its predictions (default: ``classes``
+        when the model has as many outputs, else "class k").
     layers : sequence of str
         The layers to show (default conv1 .. conv5).
     features_per_layer : int
@@ -183,6 +201,10 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     correspondence : bool
         Add the part-correspondence table (table 1) when the dataset knows its part
         boxes, as the built-in one does (:func:`correspondence_section`).
+    about_images : str, optional
+        A paragraph (plain text) that says what the images are (default: a
+        description built from the dataset: the procedural dataset, the
+        folder, and the class list).
 
     Returns
     -------
@@ -194,6 +216,9 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     layers = [net.check_layer(lyr) for lyr in ([layers] if isinstance(layers, str) else layers)]
     if not callable(transform):
         raise TypeError(f"transform: expected a callable, got {type(transform).__name__}")
+    if scan_layers is not None and not callable(scan_layers):
+        raise TypeError(f"scan_layers: expected a function like zfraw.analysis.topk.scan_layers, got "
+                        f"{type(scan_layers).__name__}")
     features_per_layer = int_arg("features_per_layer", features_per_layer, 1)
     n_images = min(int_arg("n_images", n_images, 1), data.dataset_length(dataset))
     if n_images == 0:
@@ -205,12 +230,16 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     os.makedirs(parent, exist_ok=True)
     classes = list(classes) if classes is not None else getattr(dataset, "classes", None)
 
+    if about_images is None:
+        about_images = describe_dataset(dataset, n_images, classes)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: give the report a new folder's usual mode
         os.mkdir(os.path.join(tmp, "img"))
         body, seconds, anchors = _build(tmp, net, dataset, transform, mean, classes, layers, features_per_layer,
-                               n_images, batch_size, progress, how, k, n_examples, rule,
-                               scan_layers or V.scan_layers, occlusion, correspondence)
+                                        n_images, batch_size, progress, how, k, n_examples, rule,
+                                        scan_layers or V.scan_layers, occlusion, correspondence,
+                                        model_classes=model_classes, about_images=about_images)
         page = _page(title, description, net, n_images, body, seconds, rule, anchors)
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as fh:
             fh.write(page)
@@ -221,12 +250,69 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     return os.path.join(out_dir, "index.html")
 
 
+def _umask():
+    """The process's file-creation mask (read by setting it and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def describe_dataset(dataset, n_images, classes=None):
+    """A plain-text paragraph that says what the report's images are, with the class list."""
+    from zfraw.data import ImageFolder
+    from zfraw.synthetic import SyntheticDataset
+
+    classes = list(classes) if classes is not None else list(getattr(dataset, "classes", None) or [])
+    names = f" in {len(classes)} classes: {', '.join(map(str, classes))}" if classes else ""
+    if isinstance(dataset, SyntheticDataset):
+        return (f"The images: the first {n_images} of the '{dataset.split}' split of zfraw's built-in procedural "
+                f"dataset, {dataset.size}x{dataset.size} RGB pictures drawn from seed {dataset.seed} by "
+                f"zfraw.synthetic (no files){names}. Objects are drawn at random positions, scales, rotations and "
+                f"colours on textured backgrounds.")
+    if isinstance(dataset, ImageFolder):
+        return f"The images: the first {n_images} of the {len(dataset)} images in the folder {dataset.root}{names}."
+    return f"The images: the first {n_images} of {len(dataset)} images ({type(dataset).__name__}){names}."
+
+
+def _class_name(names, k):
+    return str(names[k]) if names and 0 <= k < len(names) else f"class {k}"
+
+
+def _predictions(net, xs, model_classes):
+    """(name, probability) of the model's top class for each preprocessed image of xs."""
+    from zfraw import functional as F
+    from zfraw.backend import to_host
+
+    xp = get_backend().xp
+    was_training = net.training
+    net.eval()
+    try:
+        dtype = next(iter(net.parameters().values())).dtype if net.parameters() else np.float32
+        scores = net.forward(xp.asarray(np.stack(xs), dtype=dtype), keep=False, cache=False)
+    finally:
+        net.train(was_training)
+    if scores.ndim != 2:
+        return [None] * len(xs)
+    p = np.asarray(to_host(F.softmax(scores)), dtype=np.float64)
+    return [(_class_name(model_classes, int(row.argmax())), float(row.max())) for row in p]
+
+
+_FIRST_LAYER_NOTE = (
+    "Why the nine projections at {layer} look alike: a {layer} unit sees the image pixels through one filter "
+    "and nothing else, so the projection of a single activation is that filter, scaled by the activation and "
+    "placed where the unit looks. The nine projections of a {layer} feature are therefore nine copies of its "
+    "filter (cut where a patch meets the image border): correct, not a bug. The paper (fig. 2) shows only the "
+    "patches at layer 1 for this reason; the patches on the right are what differs.")
+
+
 def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_images, batch_size, progress,
-           how, k, n_examples, rule, scan_layers, occlusion=False, correspondence=False):
+           how, k, n_examples, rule, scan_layers, occlusion=False, correspondence=False, model_classes=None,
+           about_images=None):
     """Compute every picture into ``tmp/img``; returns (HTML sections, seconds taken, section anchors)."""
     t0 = time.perf_counter()
-    parts, anchors = [], ["architecture"]
+    parts, anchors = [], ["images", "architecture"]
     x0 = data.load_item(dataset, 0, transform)
+    parts.append(f"<h2 id=\"images\">The images</h2><p>{_esc(about_images or '')}</p>")
 
     rows = V.architecture_table(net, x0.shape)
     parts.append("<h2 id=\"architecture\">The network</h2>")
@@ -248,6 +334,10 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
     examples = _example_indices(dataset, n_images, n_examples)
     example_x = [data.load_item(dataset, i, transform) for i in examples]
     example_labels = _labels(dataset, examples)
+    n_outputs = int(net.summary(x0.shape)[-1][2][0]) if net.names else 0
+    if model_classes is None and classes is not None and len(classes) == n_outputs:
+        model_classes = classes
+    predictions = _predictions(net, example_x, model_classes) if example_x else []
     choice = _CHOICE[how].format(n=n_features, N=n_images)
     for lyr in layers:
         topk, width = scans[lyr]
@@ -264,6 +354,8 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
                     f"units {rf['rf_stride']} pixels apart)")
         maps = "x".join(map(str, rf["output_shape"][1:])) or "1"
         parts.append(f"<p>{topk.val.shape[0]} feature maps of {maps} units; {sees}. Shown: {_esc(choice)}.</p>")
+        if first is not None and lyr == next(n for n, lay in net if lay is first):
+            parts.append(f"<p class=\"note\">{_esc(_FIRST_LAYER_NOTE.format(layer=lyr))}</p>")
         for f, fig in figures.items():
             src = _save(fig, tmp, f"top9_{lyr}_f{f}.png")
             recs = records[f]
@@ -277,15 +369,20 @@ def _build(tmp, net, dataset, transform, mean, classes, layers, n_features, n_im
                          f"<figcaption>{_esc(caption)}</figcaption></figure>")
         parts.append(f"<h3>Single images at {_esc(lyr)}</h3><p>Each image beside the projection of its "
                      f"strongest activation at {_esc(lyr)} (the red box: that unit's receptive field).</p>")
-        for i, x, lab in zip(examples, example_x, example_labels):
-            fig = V.project_image(net, x, lyr, rule=rule, mean=mean)
+        for i, x, lab, pred in zip(examples, example_x, example_labels, predictions):
+            fig = V.project_image(net, x, lyr, rule=rule, mean=mean, factor=3)
             src = _save(fig, tmp, f"project_{lyr}_{i}.png")
-            name = classes[lab] if classes and 0 <= lab < len(classes) else str(lab)
+            text = f"Image #{i} (a {_class_name(classes, lab)} image)"
+            if pred is not None:
+                text += f"; the model predicts {pred[0]} ({pred[1]:.0%})"
             parts.append(f"<figure><img src=\"{src}\" alt=\"image {i} projected at {_esc(lyr)}\">"
-                         f"<figcaption>Image #{i} ({_esc(name)}).</figcaption></figure>")
+                         f"<figcaption>{_esc(text)}.</figcaption></figure>")
     sections = []
-    if occlusion:
+    if occlusion and model_classes is not None and list(model_classes) == list(classes or []):
         sections.append(occlusion_section(tmp, net, example_x, example_labels, mean, classes, progress=progress))
+    elif occlusion:  # its target is the image's true class, which this model does not have
+        parts.append("<p class=\"note\">No occlusion section: it measures the probability of each image's true "
+                     "class, and this model's classes are not the images' classes.</p>")
     if correspondence:
         sections.append(correspondence_section(net, dataset, transform))
     for section in sections:

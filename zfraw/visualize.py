@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from zfraw import data as _data
 from zfraw import deconvnet
-from zfraw._args import int_arg
+from zfraw._args import int_arg, shape_arg
 from zfraw.analysis.topk import (CHOOSE_MODES, Activation, choose_features, scan_layers,  # noqa: F401 (re-exported)
                                  top_activations)
 from zfraw.backend import get_backend, to_host
@@ -41,7 +41,7 @@ from zfraw.nn import Conv2d, Flatten, Linear, Sequential
 
 __all__ = [
     "Activation", "projection_to_image", "image_to_uint8", "grid", "upscale", "caption",
-    "top_activations", "scan_layers", "choose_features", "top9", "project_image",
+    "top_activations", "scan_layers", "choose_features", "top9", "project_image", "beside_input",
     "filters_image", "architecture_table", "format_table", "format_cell", "CHOOSE_MODES",
 ]
 
@@ -303,19 +303,23 @@ def top9(net, dataset, layer, features, transform, mean, k=9, batch_size=64, pro
 
 # --------------------------------------------------------------------------- single projections
 def project_image(net, x, layer, feature=None, rule="deconvnet", mean=None, factor=None, box=True,
-                  keep="max"):
+                  keep="max", return_info=False):
     """The input image beside the deconvnet projection of one of its activations.
 
     x (3, H, W) or (1, 3, H, W), preprocessed as the network expects; ``feature``
     None picks the strongest feature map; ``keep="max"`` projects its single
     strongest activation (``"map"``: the whole feature map).  With ``box`` the
     activation's receptive field is outlined on the input.  Both pictures are
-    full size (enlarged by ``factor``, default: to about 192 pixels), under a
-    caption with the layer, feature, location and activation value.
+    full size (enlarged by ``factor``, default: to about 384 pixels), under a
+    caption with the layer, feature, location (row, col) and activation value.
+    A feature whose best activation is <= 0 does not fire on the image: the
+    caption says so (its projection shows nothing the feature detects).
 
     Returns
     -------
-    PIL.Image.Image
+    PIL.Image.Image, or (PIL.Image.Image, dict) with ``return_info``
+        The dict holds ``feature`` (int), ``location`` (row, col), ``value``
+        (float) and ``fires`` (value > 0).
     """
     net = _check_net(net)
     net.check_layer(layer)
@@ -330,17 +334,39 @@ def project_image(net, x, layer, feature=None, rule="deconvnet", mean=None, fact
     net.clear()
     p = np.asarray(to_host(p))[0]
     h, w = xh.shape[-2:]
-    factor = _factor(max(h, w), 192) if factor is None else int_arg("factor", factor, 1)
+    factor = _factor(max(h, w), 384) if factor is None else int_arg("factor", factor, 1)
     image = Image.fromarray(upscale(image_to_uint8(xh[0], mean), factor))
     f, (row, col), value = int(info["feature"][0]), info["location"][0], float(info["value"][0])
+    row, col = int(row), int(col)
     if box:
         t, l, b, r = deconvnet.patch_box(net, layer, row, col, (h, w))
         ImageDraw.Draw(image).rectangle([l * factor, t * factor, r * factor - 1, b * factor - 1],
                                         outline=(255, 0, 0), width=max(1, factor // 2))
     proj = Image.fromarray(upscale(projection_to_image(p), factor))
-    where = "" if keep == "map" else f" at ({row}, {col})"
+    where = "" if keep == "map" else f" at (row, col) = ({row}, {col})"
     text = f"{layer} feature {f}{where}: activation {value:.3g} ({rule})"
-    return caption(_beside(image, proj), text)
+    if not value > 0:
+        text += "\nthis feature does not fire on this image (activation <= 0): nothing here is what it detects"
+    picture = caption(_beside(image, proj), text, size=max(12, 4 * factor))
+    if return_info:
+        return picture, dict(feature=f, location=(row, col), value=value, fires=bool(value > 0))
+    return picture
+
+
+def beside_input(picture, image, box, text, colour=(255, 0, 0)):
+    """``picture`` with the full original ``image`` on its left, ``box`` outlined on it, under ``text``.
+
+    For pictures of a preprocessed crop: ``image`` uint8 (H, W, 3) is the file
+    as read, ``box`` (top, left, bottom, right) in its pixels the region the
+    network saw.  The image is scaled to the height of ``picture``.
+    """
+    original = Image.fromarray(_as_rgb_array(image, "image"))
+    scale = max(1e-6, (picture.height * 0.8) / original.height)
+    shown = original.resize((max(1, round(original.width * scale)), max(1, round(original.height * scale))),
+                            Image.NEAREST if scale >= 1 else Image.BILINEAR)
+    t, l, b, r = (v * scale for v in box)
+    ImageDraw.Draw(shown).rectangle([l, t, r - 1, b - 1], outline=colour, width=max(2, round(2 * scale)))
+    return _beside(caption(shown, text, size=max(12, picture.height // 22)), picture)
 
 
 # --------------------------------------------------------------------------- filters
@@ -414,9 +440,7 @@ def architecture_table(net, input_shape=None):
     shape = input_shape if input_shape is not None else net.input_shape
     if shape is None:
         raise ValueError("input_shape: needed (the network does not record one)")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3:
-        raise ValueError(f"input_shape: expected (C, H, W), got {shape}")
+    shape = shape_arg("input_shape", shape, (3,))
     saved = net.input_shape
     net.input_shape = shape  # receptive_field of fc layers reads the input side from here
     try:
