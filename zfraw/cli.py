@@ -88,6 +88,33 @@ def _dataset(spec, net, n):
 
 # ============================================================== commands
 
+def _demo_sections(net, ds, mean, classes, builtin_weights):
+    """The demo's sections for the paper's other experiments (invariance, evolution, first layer)."""
+    from functools import partial
+
+    from zfraw import builtin, report, to_device
+    from zfraw.analysis import evolution as evo
+    from zfraw.analysis import first_layer as fl
+
+    transform = builtin.eval_transform(mean)
+    first = {}
+    for i, label in enumerate(np.asarray(ds.labels).tolist()):
+        first.setdefault(label, i)
+    picks = [first[c] for c in (2, 1, 4, 3) if c in first] or [0]  # a face, a car, a star, a house
+    x = np.stack([transform(ds[i][0]) for i in picks]).astype(np.float32)
+    names = [classes[ds.labels[i]] if classes else str(ds.labels[i]) for i in picks]
+    sections = [partial(report.invariance_section, net=net, x=x, labels=names,
+                        target=np.asarray([ds.labels[i] for i in picks], dtype=np.int64))]
+    if builtin_weights and os.path.exists(evo.builtin_snapshots_path()):
+        epochs, nets, extra = evo.load_snapshots(evo.builtin_snapshots_path(), like=net)
+        image_set = np.stack([transform(ds[i][0]) for i in range(min(100, len(ds)))]).astype(np.float32)
+        sections.append(partial(report.evolution_section, snapshots=(epochs, [to_device(n) for n in nets]),
+                                x=image_set, note=evo.BUILTIN_NOTE))
+    sections.append(lambda img_dir: report.first_layer_section(
+        img_dir, {"built-in zfnet_mini": fl.first_layer_report(net, ds, transform, limit=min(200, len(ds)))}))
+    return sections
+
+
 def cmd_check(args):
     from zfraw import checks
 
@@ -106,6 +133,7 @@ def cmd_demo(args):
         args.out, net, ds, builtin.eval_transform(mean), mean, classes=classes,
         features_per_layer=args.features, progress=not args.quiet,
         title="zfraw demo: what the built-in ZFNet learned",
+        sections=_demo_sections(net, ds, mean, classes, builtin_weights=args.weights is None),
     )
     print(f"wrote {index} ({time.perf_counter() - t0:.0f} s on backend {backend!r}); open it in a browser")
     return 0
@@ -117,12 +145,14 @@ def cmd_train(args):
     backend = _select_backend(args.backend)
     if not args.builtin:
         return _train_folder(args, backend)
-    out = args.out or "zfnet_mini.npz"
-    print(f"training the built-in zfnet_mini on backend {backend!r} -> {out}")
+    if args.model not in ("zfnet_mini", "alexnet_mini"):
+        raise UsageError(f"--builtin trains zfnet_mini or alexnet_mini, not --model {args.model}")
+    out = args.out or f"{args.model}.npz"
+    print(f"training the built-in {args.model} on backend {backend!r} -> {out}")
     t0 = time.perf_counter()
     history = builtin.train_builtin(out, epochs=args.epochs, n_train_per_class=args.n_per_class,
                                     checkpoint=args.checkpoint, resume=args.resume, snapshots=args.snapshots,
-                                    snapshot_dir=args.snapshot_dir)
+                                    snapshot_dir=args.snapshot_dir, model=args.model)
     print(f"held-out accuracy {history.val_acc[-1]:.3f} after {time.perf_counter() - t0:.0f} s; saved {out}")
     return 0
 
@@ -137,7 +167,7 @@ def _train_folder(args, backend):
     val = data.ImageFolder(args.val, skip_bad=True) if args.val else None
     net = models.build(args.model, num_classes=len(ds.classes), seed=args.seed)
     side = _input_side(net)
-    size = args.size or (side if args.model == "zfnet_mini" else 256)
+    size = args.size or (side if args.model in ("zfnet_mini", "alexnet_mini") else 256)
     print(f"computing the per-channel mean of {len(ds)} images ...")
     mean = data.compute_mean(ds, size=size)
     out = args.out or f"{args.model}.npz"
@@ -242,15 +272,6 @@ def _load_images(paths, side, mean):
     return np.stack([transform(data.load_image(p)) for p in paths]).astype(np.float32)
 
 
-def _default_invariance_layers(net):
-    """The first and last conv layers and the last hidden fully connected layer (conv1, conv5, fc7)."""
-    from zfraw import nn
-
-    convs = [n for n, lyr in net if isinstance(lyr, nn.Conv2d)]
-    fcs = [n for n, lyr in net if isinstance(lyr, nn.Linear)]
-    return list(dict.fromkeys(convs[:1] + convs[-1:] + fcs[-2:-1]))
-
-
 def cmd_invariance(args):
     from zfraw.analysis import invariance as inv
     from zfraw.render.invariance import invariance_figure
@@ -259,7 +280,7 @@ def cmd_invariance(args):
     _select_backend(args.backend)
     net, classes, mean = _load_net(args.weights)
     classes = _class_names(args, classes)
-    layers = args.layers or _default_invariance_layers(net)
+    layers = args.layers or inv.default_layers(net)
     for lyr in layers:
         net.check_layer(lyr)
     amounts = args.amounts if args.amounts is not None else DEFAULT_AMOUNTS[args.transform]
@@ -288,7 +309,7 @@ def _class_index(target, classes):
 
 
 def cmd_evolution(args):
-    from zfraw import data
+    from zfraw import data, to_device
     from zfraw.analysis import evolution as evo
     from zfraw.render.evolution import evolution_figure
 
@@ -299,6 +320,7 @@ def cmd_evolution(args):
     snapshots = args.snapshots or evo.builtin_snapshots_path()
     like = _load_net(args.weights)[0] if args.weights else None
     epochs, nets, extra = evo.load_snapshots(snapshots, like=like)
+    nets = [to_device(net) for net in nets]
     mean = np.asarray(extra.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
     side = _input_side(nets[-1])
     ds = _dataset(args.data, nets[-1], args.images)
@@ -318,12 +340,10 @@ def cmd_compare_first_layer(args):
 
     _check_output(args.output, ".png")
     _select_backend(args.backend)
-    if args.weights:
-        nets = {}
-        for path in args.weights:
-            nets[os.path.basename(path)] = _load_net(path)
-    else:
-        nets = {name: (net, None, mean) for name, (net, mean) in fl.builtin_models().items()}
+    nets = {}
+    for path in args.weights:
+        name = "built-in zfnet_mini" if path == "builtin" else os.path.basename(path)
+        nets[name] = _load_net(None if path == "builtin" else path)
     reports = {}
     for name, (net, _, mean) in nets.items():
         side = _input_side(net)
@@ -388,7 +408,8 @@ def _add_analysis_commands(sub):
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     s.add_argument("--transform", required=True, choices=["translate", "scale", "rotate"])
     s.add_argument("--amounts", type=_float_list, default=None,
-                   help="comma-separated: pixels (translate, vertical), factors (scale) or degrees (rotate)")
+                   help="comma-separated: pixels (translate, vertical), factors (scale) or degrees (rotate); "
+                        "write --amounts=-8,0,8 when the first is negative")
     s.add_argument("--layers", type=_name_list, default=None,
                    help="comma-separated layers (default: first and last conv, last hidden fc)")
     s.add_argument("--kind", default="relative", choices=["relative", "distance"],
@@ -413,8 +434,9 @@ def _add_analysis_commands(sub):
 
     s = sub.add_parser("compare-first-layer",
                        help="first-layer filters, dead filters and layer-2 aliasing of networks side by side (fig. 6)")
-    s.add_argument("--weights", nargs="+", default=None,
-                   help="models to compare (default: the built-in alexnet_mini and zfnet_mini)")
+    s.add_argument("--weights", nargs="+", default=["builtin"],
+                   help="models to compare, one row each ('builtin': the built-in zfnet_mini; default: it alone); "
+                        "e.g. one trained with zfraw train --builtin --model alexnet_mini")
     s.add_argument("--data", default="builtin", help="'builtin' or a folder of class folders")
     s.add_argument("--images", type=int, default=200, help="images searched for the conv2 top 9 (default 200)")
     s.add_argument("--features", type=int, default=4, help="conv2 features shown (default 4)")
@@ -446,7 +468,8 @@ def build_parser():
     s.add_argument("--builtin", action="store_true", help="reproduce the built-in model with its recipe")
     s.add_argument("--data", help="a folder of class folders to train on (instead of --builtin)")
     s.add_argument("--val", help="a folder of class folders for validation")
-    s.add_argument("--model", default="zfnet_mini", choices=["zfnet_mini", "zfnet", "alexnet"])
+    s.add_argument("--model", default="zfnet_mini", choices=["zfnet_mini", "alexnet_mini", "zfnet", "alexnet"],
+                   help="the architecture (--builtin: zfnet_mini, or alexnet_mini for the first-layer comparison)")
     s.add_argument("--size", type=int, default=None, help="resize the shorter side to this before cropping")
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--n-per-class", type=int, default=None, help="--builtin: training images per class")

@@ -615,6 +615,6 @@ def load(path):
     net = Sequential.from_spec(read_meta(path)["spec"])
     state = _read_state(path)
     dtypes = {v.dtype for v in state.values()}
-    if len(dtypes) == 1 and np.float16 not in dtypes:  # the layers are built float32: keep the saved dtype
+    if len(dtypes) == 1 and np.dtype(np.float16) not in dtypes:  # the layers are built float32: keep the saved dtype
         net.astype(dtypes.pop())                         # (e.g. float64); float16 is storage only: computed in float32
     return net.load_state_dict(state)

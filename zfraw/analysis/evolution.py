@@ -270,7 +270,7 @@ def evolution(snapshots, x, layers=None, features=None, n_features=4, *, rule="d
     x : array (N, C, H, W)
         The fixed image set, preprocessed (the same at every epoch).
     layers : sequence of str, optional
-        Conv layers to follow (default: every conv layer).
+        Conv layers to follow (default: the layers of ``features``, else every conv layer).
     features : dict, optional
         layer -> feature indices to follow; default: per layer the
         ``n_features`` maps with the strongest activation over ``x`` at the
@@ -290,7 +290,9 @@ def evolution(snapshots, x, layers=None, features=None, n_features=4, *, rule="d
     if not nets or len(epochs) != len(nets):
         raise ValueError("snapshots must hold one network per epoch, at least one")
     net0 = nets[-1]
-    layers = conv_layers(net0) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
+    if layers is None:
+        layers = list(features) if isinstance(features, dict) else conv_layers(net0)
+    layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
         raise ValueError("layers must name at least one layer, got none")
     for lyr in layers:

@@ -30,9 +30,9 @@ import scipy.ndimage
 
 from zfraw import functional as F
 from zfraw.backend import get_backend, to_host
-from zfraw.nn import Sequential
+from zfraw.nn import Conv2d, Linear, Sequential
 
-__all__ = ["invariance", "transform_images", "TRANSFORMS", "IDENTITY", "UNITS"]
+__all__ = ["invariance", "transform_images", "default_layers", "TRANSFORMS", "IDENTITY", "UNITS"]
 
 #: the transforms :func:`invariance` knows
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -106,6 +106,14 @@ def transform_images(x, transform, amount):
     return out
 
 
+def default_layers(net):
+    """The layers fig. 5 follows: the first and the last conv layer and the last hidden fc layer
+    (conv1, conv5 and fc7 of ZFNet), those that exist."""
+    convs = [n for n, lyr in net if isinstance(lyr, Conv2d)]
+    fcs = [n for n, lyr in net if isinstance(lyr, Linear)]
+    return list(dict.fromkeys(convs[:1] + convs[-1:] + fcs[-2:-1]))
+
+
 def _targets(target, predicted, n, num_classes):
     if target is None:
         return predicted
@@ -163,7 +171,7 @@ def invariance(net, x, transform, amounts, layers, *, target=None, progress=Fals
     dict
         ``layer -> {"distance": (N, A), "relative": (N, A)}`` for each layer,
         ``"probability" -> (N, A)``, and ``"target" -> (N,)``, ``"amounts" -> (A,)``,
-        ``"transform"`` (A = len(amounts)).  ``distance`` is the Euclidean
+        ``"transform"``, ``"target_is_prediction"`` (A = len(amounts)).  ``distance`` is the Euclidean
         distance between the feature vectors of the original and the
         transformed image, ``relative`` the same divided by the original's norm
         (NaN where that norm is 0).
@@ -209,5 +217,6 @@ def invariance(net, x, transform, amounts, layers, *, target=None, progress=Fals
     finally:
         net.train(was_training)
         net.clear()
-    result.update(probability=probability, target=targets, amounts=np.asarray(amounts), transform=transform)
+    result.update(probability=probability, target=targets, amounts=np.asarray(amounts), transform=transform,
+                  target_is_prediction=target is None)
     return result
