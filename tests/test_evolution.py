@@ -157,3 +157,17 @@ def test_bad_evolution_arguments_name_the_argument(run, rng):
         evo.evolution(snaps, x, ["conv1"], features={"conv1": [4]})
     with pytest.raises(ValueError, match="x must be images"):
         evo.evolution(snaps, x[0], ["conv1"])
+
+
+@pytest.mark.slow
+def test_train_builtin_keeps_and_packs_snapshots(tmp_path):
+    """``zfraw train --builtin --snapshots 1`` in miniature: the whole file per epoch and the float16 pack."""
+    from zfraw import builtin
+
+    out = tmp_path / "mini.npz"
+    builtin.train_builtin(str(out), epochs=1, n_train_per_class=7, progress=False, snapshots=[1])
+    assert os.listdir(tmp_path / "mini_snapshots") == ["epoch001.npz"]
+    net = nn.load(out)
+    epochs, nets, extra = evo.load_snapshots(tmp_path / "mini_snapshots.npz", like=net)
+    assert epochs == [1] and extra["classes"] == list(builtin.synthetic.CLASSES)
+    np.testing.assert_allclose(nets[0]["conv5"].params["w"], net["conv5"].params["w"], rtol=1e-3, atol=1e-4)

@@ -35,10 +35,17 @@ from zfraw._args import int_arg
 from zfraw.backend import get_backend, to_host
 
 __all__ = ["Evolution", "evolution", "load_snapshots", "pack_snapshots", "builtin_snapshots_path",
-           "conv_layers", "SNAPSHOTS"]
+           "conv_layers", "SNAPSHOTS", "BUILTIN_NOTE"]
 
 #: file name of the built-in model's packed snapshots inside the package
 SNAPSHOTS = "zfnet_mini_snapshots.npz"
+
+#: how the shipped snapshots were made (shown under the demo's figure)
+BUILTIN_NOTE = ("Epochs {early} come from a rerun of the built-in model's recipe (zfraw train --builtin "
+                "--snapshots ...) on a shared 2-core machine, stopped there for time; epoch 20 is the shipped "
+                "model, trained from the same seeds on the development machine. The two runs share recipe and "
+                "seeds but not every bit (BLAS rounds differently on another CPU), so the last column comes "
+                "from a sister run of the same training.")
 
 _PACK_KEY = "__zfraw_snapshots__"
 _EPOCH_FILE = re.compile(r"epoch(\d+)\.npz$")
