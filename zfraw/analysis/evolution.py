@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from zfraw import deconvnet, nn
-from zfraw._args import int_arg
+from zfraw._args import int_arg, layers_arg
 from zfraw.backend import get_backend, to_host
 
 __all__ = ["Evolution", "evolution", "load_snapshots", "pack_snapshots", "builtin_snapshots_path",
@@ -299,13 +299,8 @@ def evolution(snapshots, x, layers=None, features=None, n_features=4, *, rule="d
     net0 = nets[-1]
     if layers is None:
         layers = list(features) if isinstance(features, dict) else conv_layers(net0)
-    layers = [layers] if isinstance(layers, str) else list(layers)
-    if not layers:
-        raise ValueError("layers must name at least one layer, got none")
+    layers = layers_arg("layers", layers, net0)
     for lyr in layers:
-        if lyr not in net0.layers:
-            raise ValueError(f"layers: {lyr!r} is not a layer of the snapshots; their layers are "
-                             f"{', '.join(net0.names)}")
         if not isinstance(net0[lyr], nn.Conv2d):
             raise ValueError(f"layers: {lyr!r} is not a conv layer (feature evolution follows conv feature maps)")
     n_features = int_arg("n_features", n_features, 1)

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.ndimage
 
 from zfraw import functional as F
+from zfraw._args import layers_arg
 from zfraw.backend import get_backend, to_host
 from zfraw.nn import Conv2d, Linear, Sequential
 
@@ -180,13 +181,7 @@ def invariance(net, x, transform, amounts, layers, *, target=None, progress=Fals
         raise TypeError(f"net must be a zfraw.nn.Sequential, got {type(net).__name__}")
     transform = _check_transform(transform)
     amounts = _check_amounts(amounts, transform)
-    layers = [layers] if isinstance(layers, str) else list(layers)
-    if not layers:
-        raise ValueError("layers must name at least one layer, got none")
-    for lyr in layers:
-        if lyr not in net.layers:
-            raise ValueError(f"layers: {lyr!r} is not a layer of this network; its layers are "
-                             f"{', '.join(net.names)}")
+    layers = layers_arg("layers", layers, net)
     x = np.asarray(to_host(x))
     if x.ndim != 4 or len(x) == 0:
         raise ValueError(f"x must be images (N, C, H, W) with N >= 1, got shape {x.shape}")
