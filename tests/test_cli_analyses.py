@@ -99,3 +99,32 @@ def test_wrong_arguments_exit_2_with_one_line(files, tmp_path, argv, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("zfraw")]
     assert len(lines) == 1
+
+
+def test_report_sections_of_the_three_experiments(files, tmp_path):
+    """write_report(sections=...) adds each experiment's section with its pictures and explanation."""
+    from functools import partial
+
+    from zfraw import data, report
+    from zfraw.analysis import evolution, first_layer
+
+    net = nn.load(files["weights"])
+    ds = data.ImageFolder(files["data"])
+    transform = data.eval_transform(16, 16, [0.5, 0.5, 0.5])
+    x = np.stack([transform(ds[i][0]) for i in range(len(ds))])
+    sections = [
+        partial(report.invariance_section, net=net, x=x[:2], labels=["a<b", "c"], transforms=("rotate",),
+                amounts={"rotate": [0, 90]}),
+        partial(report.evolution_section, snapshots=evolution.load_snapshots(files["snaps"]), x=x, n_features=2,
+                note="made <here>"),
+        lambda img_dir: report.first_layer_section(
+            img_dir, {"tiny": first_layer.first_layer_report(net, ds, transform, n_features=1, k=3)}),
+    ]
+    index = report.write_report(tmp_path / "r", net, ds, transform, [0.5, 0.5, 0.5], layers=("conv1",),
+                                features_per_layer=1, n_images=8, progress=False, n_examples=1, sections=sections)
+    html = open(index, encoding="utf-8").read()
+    for anchor, picture in (("invariance", "invariance_rotate.png"), ("evolution", "evolution.png"),
+                            ("first-layer", "first_layer.png")):
+        assert f'id="{anchor}"' in html and f'href="#{anchor}"' in html and f"img/{picture}" in html
+        assert os.path.getsize(tmp_path / "r" / "img" / picture) > 0
+    assert "made &lt;here&gt;" in html and "dead conv1 filters" in html

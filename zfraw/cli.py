@@ -316,7 +316,8 @@ def cmd_evolution(args):
     _check_output(args.output, ".png")
     _select_backend(args.backend)
     if args.weights and not args.snapshots:
-        raise UsageError("--weights needs the snapshots of that model's training (SNAPSHOTS: a folder or a packed file)")
+        raise UsageError("--weights needs the snapshots of that model's training "
+                         "(SNAPSHOTS: a folder or a packed file)")
     snapshots = args.snapshots or evo.builtin_snapshots_path()
     like = _load_net(args.weights)[0] if args.weights else None
     epochs, nets, extra = evo.load_snapshots(snapshots, like=like)

@@ -615,6 +615,7 @@ def load(path):
     net = Sequential.from_spec(read_meta(path)["spec"])
     state = _read_state(path)
     dtypes = {v.dtype for v in state.values()}
-    if len(dtypes) == 1 and np.dtype(np.float16) not in dtypes:  # the layers are built float32: keep the saved dtype
-        net.astype(dtypes.pop())                         # (e.g. float64); float16 is storage only: computed in float32
+    # the layers are built float32: keep the saved dtype (e.g. float64), but float16 is storage only
+    if len(dtypes) == 1 and np.dtype(np.float16) not in dtypes:
+        net.astype(dtypes.pop())
     return net.load_state_dict(state)

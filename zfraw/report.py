@@ -361,7 +361,8 @@ def invariance_section(img_dir, net, x, labels, target=None, transforms=("transl
              f"Pixels that come from outside the image are the dataset mean.</p>"]
     for t in transforms:
         result = inv.invariance(net, x, t, amounts[t], layers, target=target)
-        src = _save_to(img_dir, invariance_figure(result, layers, kind="relative", labels=labels), f"invariance_{t}.png")
+        picture = invariance_figure(result, layers, kind="relative", labels=labels)
+        src = _save_to(img_dir, picture, f"invariance_{t}.png")
         parts.append(f"<figure><img src=\"{src}\" alt=\"invariance to {_esc(t)}\"><figcaption>{_esc(t)}: "
                      f"{_esc(inv.UNITS[t])} against the relative feature distance per layer and the probability "
                      f"of the image's class; one line per image.</figcaption></figure>")
