@@ -71,7 +71,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-__all__ = ["KERNELS", "FASTMATH", "im2col", "col2im", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
+__all__ = ["KERNELS", "FASTMATH", "threading_layer", "USER_THREADING_VARIABLES", "SEPARATE_POOL_LAYERS", "im2col", "col2im", "im2col_tile", "col2im_tile", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
            "POOL_LANES", "POOL_LANES_MAX_PIXELS"]
 
 #: LLVM fast-math flags for every kernel: no ``nnan``/``ninf`` (NaN and -inf must behave).
@@ -95,41 +95,62 @@ def _openmp_loaded():
         return False
 
 
-def _start_threads_passive():
-    """Start Numba's thread pool with OpenMP's *passive* wait policy, unless the user chose one.
+#: the environment variables by which a user chooses Numba's threads and OpenMP's wait
+#: policy; when any is set, :func:`_start_threads` leaves the choice to Numba
+USER_THREADING_VARIABLES = ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+#: Numba's threading layers tried, in order, when an OpenMP runtime is already loaded:
+#: thread pools of their own, not the loaded runtime's (``omp`` last, as Numba wants
+#: every layer named; ``workqueue`` is always built, so it is never reached)
+SEPARATE_POOL_LAYERS = ["tbb", "workqueue", "omp"]
+
+
+def _start_threads():
+    """Start Numba's thread pool so that nothing else in the process makes it spin.
 
     The ``numba`` backend alternates Numba kernels with BLAS calls (im2col, GEMM,
-    im2col, ...).  With GNU OpenMP's default policy Numba's idle workers spin for
-    milliseconds after each kernel (``pause`` is slow on recent AMD cores), on
-    the very cores the BLAS threads need next: on a 2-core machine that made the
-    tiled ZFNet conv1 forward 7x slower (bench/README.md).  Passive workers sleep
-    at once, and waking them costs microseconds.  The variable is set only while
-    Numba loads its OpenMP runtime (the first ``get_num_threads`` starts the
-    pool), then restored.  Nothing is changed when the user set
-    ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``NUMBA_THREADING_LAYER``.  When
-    an OpenMP runtime is already loaded (PyTorch imported before zfraw), Numba
-    shares it with the policy it was started with, and a warning says so.
+    im2col, ...).  GNU OpenMP's default wait policy keeps idle workers spinning
+    for milliseconds after each kernel (``pause`` is slow on recent AMD cores),
+    on the very cores the BLAS threads need next: on a 2-core machine that made
+    the tiled ZFNet conv1 forward 7x slower (bench/README.md).  The policy is read
+    once, when the runtime loads, and a process has one GNU OpenMP runtime, so:
+
+    * no OpenMP runtime loaded yet: Numba's default layer (``omp`` here) starts
+      with ``OMP_WAIT_POLICY=PASSIVE``, set only while the runtime loads, then
+      removed.  Passive workers sleep at once; waking them costs microseconds.
+      A PyTorch imported later shares this runtime.
+    * an OpenMP runtime already loaded (PyTorch imported before zfraw, started
+      with the spinning default): Numba takes a pool of its own,
+      :data:`SEPARATE_POOL_LAYERS` (``tbb`` when the ``tbb`` package is
+      installed, else Numba's ``workqueue``, whose idle workers sleep on a
+      condition variable).  ``workqueue`` must not be entered by two Python
+      threads at once; zfraw's kernels run from the calling thread only.
+    * the user chose (any of :data:`USER_THREADING_VARIABLES` set, or
+      ``numba.config.THREADING_LAYER`` changed from ``"default"``): left alone.
+
+    :func:`threading_layer` says which layer runs.
     """
-    if any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")):
+    chosen = any(k in os.environ for k in USER_THREADING_VARIABLES) or numba.config.THREADING_LAYER != "default"
+    if chosen:
         numba.get_num_threads()
         return
     if _openmp_loaded():
-        import warnings
-
-        warnings.warn(
-            "an OpenMP runtime was loaded before zfraw's Numba kernels (was PyTorch imported first?); they "
-            "share it with its busy-waiting default, which can make the numba backend's convolutions many "
-            "times slower. Import zfraw first or set OMP_WAIT_POLICY=PASSIVE in the environment.",
-            stacklevel=2,
-        )
+        numba.config.THREADING_LAYER_PRIORITY = list(SEPARATE_POOL_LAYERS)
+        numba.get_num_threads()
+        return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
-        numba.get_num_threads()
+        numba.get_num_threads()  # the first call loads the threading layer and starts the pool
     finally:
         del os.environ["OMP_WAIT_POLICY"]
 
 
-_start_threads_passive()
+def threading_layer():
+    """The name of the threading layer Numba's kernels run on (``omp``, ``tbb`` or ``workqueue``)."""
+    return numba.threading_layer()
+
+
+_start_threads()
 
 
 def _contiguous(name, a):
@@ -235,17 +256,26 @@ def _split_columns(plane, xph, row, ph, pw, fill):
 
 # ============================================================== im2col
 
-@_jit
-def _im2col_kernel(x, cols, sh, sw, ph, pw, n_chunks):
-    """cols[n, c, i, j, ho, wo] = xpad[n, c, ho*sh + i, wo*sw + j] (zero padding).
+@_helper
+def _tap_row(n, c, i, j, n_img, n_ch, kh, kw, tile_layout):
+    """Row of the (rows, Ho, Wo) view of a column buffer that holds tap (i, j) of
+    plane (n, c): ``cols[n, (c, i, j)]`` of the (N, C*kh*kw, Ho*Wo) layout, or, in
+    the tile layout (C*kh*kw, N*Ho*Wo), the block ``cols[(c, i, j), n*Ho*Wo:]``."""
+    if tile_layout:
+        return ((c * kh + i) * kw + j) * n_img + n
+    return ((n * n_ch + c) * kh + i) * kw + j
 
-    x (N, C, H, W); cols (N, C, kh, kw, Ho, Wo), the 6-D view of the
-    (N, C*kh*kw, Ho*Wo) column matrix.  One task per (n, c) plane: split the
-    padded plane into column phases, then copy each tap's rows, which are
-    contiguous there.
+
+@_jit
+def _im2col_kernel(x, cols, kh, kw, sh, sw, ph, pw, tile_layout, n_chunks):
+    """cols[row(n, c, i, j), ho, wo] = xpad[n, c, ho*sh + i, wo*sw + j] (zero padding).
+
+    x (N, C, H, W); cols (N*C*kh*kw, Ho, Wo), the rows of either column layout
+    (:func:`_tap_row`).  One task per (n, c) plane: split the padded plane into
+    column phases, then copy each tap's rows, which are contiguous there.
     """
     n_img, n_ch = x.shape[0], x.shape[1]
-    kh, kw, ho_n, wo_n = cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    ho_n, wo_n = cols.shape[1], cols.shape[2]
     hp = (ho_n - 1) * sh + kh             # padded rows the windows read
     wq = wo_n + (kw - 1) // sw            # phase columns the windows read
     zero = x.dtype.type(0)
@@ -259,11 +289,24 @@ def _im2col_kernel(x, cols, sh, sw, ph, pw, n_chunks):
             for i in range(kh):
                 for j in range(kw):
                     p, q0 = j % sw, j // sw
-                    tap = cols[n, c, i, j]
+                    tap = cols[_tap_row(n, c, i, j, n_img, n_ch, kh, kw, tile_layout)]
                     for ho in range(ho_n):
                         src, dst = xph[p, ho * sh + i, q0:q0 + wo_n], tap[ho]
                         for wo in range(wo_n):
                             dst[wo] = src[wo]
+
+
+def _output_size(h, w, kh, kw, sh, sw, ph, pw):
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def _unfold(x, kh, kw, sh, sw, ph, pw, tile_layout):
+    x = _contiguous("x", x)
+    n, c, h, w = x.shape
+    ho, wo = _output_size(h, w, kh, kw, sh, sw, ph, pw)
+    cols = _empty((n * c * kh * kw, ho, wo), dtype=x.dtype)
+    _im2col_kernel(x, cols, kh, kw, sh, sw, ph, pw, tile_layout, _n_chunks(n * c))
+    return cols
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw):
@@ -272,32 +315,37 @@ def im2col(x, kh, kw, sh, sw, ph, pw):
     ``cols[n, c*kh*kw + i*kw + j, ho*Wo + wo] = xpad[n, c, ho*sh + i, wo*sw + j]``
     with zero padding, Ho = (H + 2 ph - kh) // sh + 1, Wo likewise.
     """
-    x = _contiguous("x", x)
-    n, c, h, w = x.shape
-    ho = (h + 2 * ph - kh) // sh + 1
-    wo = (w + 2 * pw - kw) // sw + 1
-    cols = _empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
-    _im2col_kernel(x, cols, sh, sw, ph, pw, _n_chunks(n * c))
-    return cols.reshape(n, c * kh * kw, ho * wo)
+    n, c = x.shape[:2]
+    cols = _unfold(x, kh, kw, sh, sw, ph, pw, False)
+    return cols.reshape(n, c * kh * kw, cols.shape[1] * cols.shape[2])
+
+
+def im2col_tile(x, kh, kw, sh, sw, ph, pw):
+    """The tile layout: x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo),
+    ``cols[c*kh*kw + i*kw + j, (n*Ho + ho)*Wo + wo] = xpad[n, c, ho*sh + i, wo*sw + j]``."""
+    n, c = x.shape[:2]
+    cols = _unfold(x, kh, kw, sh, sw, ph, pw, True)
+    return cols.reshape(c * kh * kw, n * cols.shape[1] * cols.shape[2])
 
 
 # ============================================================== col2im
 
 @_jit
-def _col2im_kernel(cols, x, sh, sw, ph, pw, n_chunks):
-    """x[n, c, h, w] = sum of cols[n, c, i, j, ho, wo] over the taps with
+def _col2im_kernel(cols, x, kh, kw, sh, sw, ph, pw, tile_layout, n_chunks):
+    """x[n, c, h, w] = sum of cols[row(n, c, i, j), ho, wo] over the taps with
     ho*sh - ph + i = h and wo*sw - pw + j = w (taps in the padding are dropped).
 
-    cols (N, C, kh, kw, Ho, Wo), x (N, C, H, W).  Owner computes: one task owns
-    each (n, c) plane and sums every tap that reaches the plane into a private
-    padded buffer, kept in column phases (acc[p, r, q] = xpad[r, q*sw + p]) so
-    that each tap adds a contiguous run.  Each pixel receives its taps in the
-    order i, then j (as the NumPy kernel adds them), starting from zero; the
-    task then copies the unpadded part to x, row by row.  No other task touches
-    the plane: no races, no atomics, the same result on every run.
+    cols (N*C*kh*kw, Ho, Wo), the rows of either layout (:func:`_tap_row`), x
+    (N, C, H, W).  Owner computes: one task owns each (n, c) plane and sums every
+    tap that reaches the plane into a private padded buffer, kept in column
+    phases (acc[p, r, q] = xpad[r, q*sw + p]) so that each tap adds a contiguous
+    run.  Each pixel receives its taps in the order i, then j (as the NumPy
+    kernel adds them), starting from zero; the task then copies the unpadded
+    part to x, row by row.  No other task touches the plane: no races, no
+    atomics, the same result on every run.
     """
     n_img, n_ch, h_in, w_in = x.shape
-    kh, kw, ho_n, wo_n = cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    ho_n, wo_n = cols.shape[1], cols.shape[2]
     hp = max((ho_n - 1) * sh + kh, h_in + ph)                  # every pixel has a slot
     wq = max(wo_n + (kw - 1) // sw, _ceil_div(w_in + pw, sw))
     for chunk in prange(n_chunks):
@@ -312,7 +360,7 @@ def _col2im_kernel(cols, x, sh, sw, ph, pw, n_chunks):
             for i in range(kh):
                 for j in range(kw):
                     p, q0 = j % sw, j // sw
-                    tap = cols[n, c, i, j]
+                    tap = cols[_tap_row(n, c, i, j, n_img, n_ch, kh, kw, tile_layout)]
                     for ho in range(ho_n):
                         src, dst = tap[ho], acc[p, ho * sh + i, q0:q0 + wo_n]
                         for wo in range(wo_n):
@@ -324,19 +372,28 @@ def _col2im_kernel(cols, x, sh, sw, ph, pw, n_chunks):
                     dst[w] = src[w]
 
 
+def _fold(cols, x_shape, kh, kw, sh, sw, ph, pw, tile_layout):
+    cols = _contiguous("cols", cols)
+    n, c, h, w = (int(s) for s in x_shape)
+    ho, wo = _output_size(h, w, kh, kw, sh, sw, ph, pw)
+    x = _empty((n, c, h, w), dtype=cols.dtype)
+    _col2im_kernel(cols.reshape(n * c * kh * kw, ho, wo), x, kh, kw, sh, sw, ph, pw, tile_layout,
+                   _n_chunks(n * c))
+    return x
+
+
 def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
     """Adjoint of :func:`im2col`: cols (N, C*kh*kw, Ho*Wo) -> x (N, C, H, W) = ``x_shape``.
 
     ``x[n, c, h, w] = sum over (i, j, ho, wo) with ho*sh - ph + i = h, wo*sw - pw + j = w
     of cols[n, c*kh*kw + i*kw + j, ho*Wo + wo]``, so ``<im2col(x), cols> == <x, col2im(cols)>``.
     """
-    cols = _contiguous("cols", cols)
-    n, c, h, w = (int(s) for s in x_shape)
-    ho = (h + 2 * ph - kh) // sh + 1
-    wo = (w + 2 * pw - kw) // sw + 1
-    x = _empty((n, c, h, w), dtype=cols.dtype)
-    _col2im_kernel(cols.reshape(n, c, kh, kw, ho, wo), x, sh, sw, ph, pw, _n_chunks(n * c))
-    return x
+    return _fold(cols, x_shape, kh, kw, sh, sw, ph, pw, False)
+
+
+def col2im_tile(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """Adjoint of :func:`im2col_tile`: cols (C*kh*kw, N*Ho*Wo) -> x (N, C, H, W) = ``x_shape``."""
+    return _fold(cols, x_shape, kh, kw, sh, sw, ph, pw, True)
 
 
 # ============================================================== max pooling
@@ -688,6 +745,8 @@ def lrn_backward(dy, x, size, alpha, beta, k):
 KERNELS = {
     "im2col": im2col,
     "col2im": col2im,
+    "im2col_tile": im2col_tile,
+    "col2im_tile": col2im_tile,
     "max_pool2d": max_pool2d,
     "max_unpool2d": max_unpool2d,
     "lrn": lrn,

@@ -35,7 +35,7 @@ import numpy as np
 __all__ = [
     "KERNELS", "SOURCES", "HEADER", "OPTIONS", "KERNEL_FUNCTIONS",
     "read_source", "source_code", "name_expression", "name_expressions", "cache_info",
-    "im2col", "col2im", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
+    "im2col", "col2im", "im2col_tile", "col2im_tile", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
 ]
 
 #: the kernel sources, each compiled as one module (``HEADER`` pasted in front).
@@ -226,35 +226,55 @@ def _float_input(name, a, ndim=4):
 
 # ================================================================ kernels
 
-def im2col(x, kh, kw, sh, sw, ph, pw):
-    """x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo), one thread per column entry."""
+def _unfold(x, kh, kw, sh, sw, ph, pw, tile_layout):
     x = _float_input("x", x)
     xp = _xp(x)
     n, c, h, w = x.shape
     ho = (h + 2 * ph - kh) // sh + 1
     wo = (w + 2 * pw - kw) // sw + 1
-    cols = _empty(xp, (n, c * kh * kw, ho * wo), x.dtype)
+    shape = (c * kh * kw, n * ho * wo) if tile_layout else (n, c * kh * kw, ho * wo)
+    cols = _empty(xp, shape, x.dtype)
     it = _index_dtype(x.size, cols.size)
     _launch("im2col.cu", "im2col_kernel", cols.size, (x, cols),
-            (h, w, kh, kw, sh, sw, ph, pw, ho, wo), it)
+            (n, c, h, w, kh, kw, sh, sw, ph, pw, ho, wo), it, flags=(int(tile_layout),))
     return cols
+
+
+def im2col(x, kh, kw, sh, sw, ph, pw):
+    """x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo), one thread per column entry."""
+    return _unfold(x, kh, kw, sh, sw, ph, pw, False)
+
+
+def im2col_tile(x, kh, kw, sh, sw, ph, pw):
+    """x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo), the tile layout (one GEMM per group)."""
+    return _unfold(x, kh, kw, sh, sw, ph, pw, True)
+
+
+def _fold(cols, x_shape, kh, kw, sh, sw, ph, pw, tile_layout):
+    cols = _float_input("cols", cols, ndim=2 if tile_layout else 3)
+    xp = _xp(cols)
+    n, c, h, w = (int(s) for s in x_shape)
+    ho = (h + 2 * ph - kh) // sh + 1
+    wo = (w + 2 * pw - kw) // sw + 1
+    shape = (c * kh * kw, n * ho * wo) if tile_layout else (n, c * kh * kw, ho * wo)
+    if cols.shape != shape:
+        raise ValueError(f"cols must have shape {shape}, got {tuple(cols.shape)}")
+    x = _empty(xp, (n, c, h, w), cols.dtype)
+    it = _index_dtype(x.size, cols.size)
+    _launch("im2col.cu", "col2im_kernel", x.size, (cols, x),
+            (n, c, h, w, kh, kw, sh, sw, ph, pw, ho, wo), it, flags=(int(tile_layout),))
+    return x
 
 
 def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
     """Adjoint of :func:`im2col` as a gather: one thread per pixel of x (N, C, H, W)
     sums its taps in the reference's order (deterministic, no atomics)."""
-    cols = _float_input("cols", cols, ndim=3)
-    xp = _xp(cols)
-    n, c, h, w = (int(s) for s in x_shape)
-    ho = (h + 2 * ph - kh) // sh + 1
-    wo = (w + 2 * pw - kw) // sw + 1
-    if cols.shape != (n, c * kh * kw, ho * wo):
-        raise ValueError(f"cols must have shape {(n, c * kh * kw, ho * wo)}, got {tuple(cols.shape)}")
-    x = _empty(xp, (n, c, h, w), cols.dtype)
-    it = _index_dtype(x.size, cols.size)
-    _launch("im2col.cu", "col2im_kernel", x.size, (cols, x),
-            (h, w, kh, kw, sh, sw, ph, pw, ho, wo), it)
-    return x
+    return _fold(cols, x_shape, kh, kw, sh, sw, ph, pw, False)
+
+
+def col2im_tile(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """Adjoint of :func:`im2col_tile`: cols (C*kh*kw, N*Ho*Wo) -> x (N, C, H, W), the same gather."""
+    return _fold(cols, x_shape, kh, kw, sh, sw, ph, pw, True)
 
 
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo):
@@ -349,6 +369,8 @@ def lrn_backward(dy, x, size, alpha, beta, k):
 KERNELS = {
     "im2col": im2col,
     "col2im": col2im,
+    "im2col_tile": im2col_tile,
+    "col2im_tile": col2im_tile,
     "max_pool2d": max_pool2d,
     "max_unpool2d": max_unpool2d,
     "lrn": lrn,

@@ -32,29 +32,56 @@ def _pad(x, ph_before, ph_after, pw_before, pw_after, value):
     return out
 
 
+def _output_size(h, w, kh, kw, sh, sw, ph, pw):
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
 def im2col(x, kh, kw, sh, sw, ph, pw):
     """x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo): one strided view, one copy."""
     n, c, h, w = x.shape
-    Ho = (h + 2 * ph - kh) // sh + 1
-    Wo = (w + 2 * pw - kw) // sw + 1
+    Ho, Wo = _output_size(h, w, kh, kw, sh, sw, ph, pw)
     view = _windows(_pad(x, ph, ph, pw, pw, 0), kh, kw, sh, sw, Ho, Wo)
     xp = get_array_module(x)
     # always a fresh C-contiguous copy (a 1x1 window's view could otherwise alias x)
     return xp.array(view, copy=True, order="C").reshape(n, c * kh * kw, Ho * Wo)
 
 
-def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
-    """Adjoint of :func:`im2col`: a loop over the kh*kw taps adds each tap's slab back."""
-    xp = get_array_module(cols)
+def im2col_tile(x, kh, kw, sh, sw, ph, pw):
+    """x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo), the tile layout: the same strided
+    view with the image axis moved next to the output positions, one copy."""
+    n, c, h, w = x.shape
+    Ho, Wo = _output_size(h, w, kh, kw, sh, sw, ph, pw)
+    view = _windows(_pad(x, ph, ph, pw, pw, 0), kh, kw, sh, sw, Ho, Wo).transpose(1, 2, 3, 0, 4, 5)
+    xp = get_array_module(x)
+    return xp.array(view, copy=True, order="C").reshape(c * kh * kw, n * Ho * Wo)
+
+
+def _fold(cols6, x_shape, kh, kw, sh, sw, ph, pw):
+    """x (N, C, H, W) from a view cols6 (N, C, kh, kw, Ho, Wo) of columns: a loop
+    over the kh*kw taps adds each tap's slab back."""
+    xp = get_array_module(cols6)
     n, c, h, w = x_shape
-    Ho = (h + 2 * ph - kh) // sh + 1
-    Wo = (w + 2 * pw - kw) // sw + 1
-    cols6 = cols.reshape(n, c, kh, kw, Ho, Wo)
-    xpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    Ho, Wo = cols6.shape[4:]
+    xpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols6.dtype)
     for i in range(kh):
         for j in range(kw):
             xpad[:, :, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += cols6[:, :, i, j]
     return xp.ascontiguousarray(xpad[:, :, ph:ph + h, pw:pw + w])
+
+
+def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """Adjoint of :func:`im2col`: cols (N, C*kh*kw, Ho*Wo) -> x (N, C, H, W)."""
+    n, c, h, w = x_shape
+    Ho, Wo = _output_size(h, w, kh, kw, sh, sw, ph, pw)
+    return _fold(cols.reshape(n, c, kh, kw, Ho, Wo), x_shape, kh, kw, sh, sw, ph, pw)
+
+
+def col2im_tile(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """Adjoint of :func:`im2col_tile`: cols (C*kh*kw, N*Ho*Wo) -> x (N, C, H, W)."""
+    n, c, h, w = x_shape
+    Ho, Wo = _output_size(h, w, kh, kw, sh, sw, ph, pw)
+    cols6 = cols.reshape(c, kh, kw, n, Ho, Wo).transpose(3, 0, 1, 2, 4, 5)
+    return _fold(cols6, x_shape, kh, kw, sh, sw, ph, pw)
 
 
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo):
@@ -63,12 +90,13 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo):
     A tap replaces the running maximum when it is strictly greater or NaN, so ties
     keep the first maximum and a NaN wins; padding is -inf and so never wins.  The
     switch starts at the window's first in-bounds pixel (PyTorch's rule, which
-    matters only when every value is -inf).
+    matters only when every value is -inf).  ``ph``, ``pw`` are the top and left
+    pads; the bottom and right ones are whatever windows ``Ho``, ``Wo`` reach.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    hp = max(h + 2 * ph, (Ho - 1) * sh + kh)
-    wp = max(w + 2 * pw, (Wo - 1) * sw + kw)
+    hp = max(h + ph, (Ho - 1) * sh + kh)
+    wp = max(w + pw, (Wo - 1) * sw + kw)
     xpad = _pad(x, ph, hp - h - ph, pw, wp - w - pw, -np.inf)
     taps = _windows(xpad, kh, kw, sh, sw, Ho, Wo)
 

@@ -284,7 +284,7 @@ def _conv_reference(x, w, stride, pad, groups):
     ((2, 3, 30, 12), (5, 3, 7, 7), (2, 2), (3, 1), 1, (1, 1)),
     ((4, 1, 12, 9), (2, 1, 2, 4), (3, 2), (0, 2), 1, (2, 1)),
 ])
-def test_conv_tiles_with_row_bands_match_the_reference(backend, geo, monkeypatch):
+def test_conv_tiles_with_row_bands_match_the_reference(backend, geo):
     """Tiny tile budget and band width: every tile is a band of a row or two, with
     the top/bottom padding, overlapping C^T bands and grouped filters on the way."""
     from zfraw import functional as F
@@ -304,13 +304,15 @@ def test_conv_tiles_with_row_bands_match_the_reference(backend, geo, monkeypatch
         ct_whole = F.conv_transpose2d(dy, w, stride, pad, groups, output_shape=out_shape)
         grads_whole = F.conv2d_backward(dy, x, w, stride, pad, groups)
 
-        monkeypatch.setattr(F, "BAND_COLUMNS", 1)
-        monkeypatch.setattr(zfraw.get_backend(), "tile_bytes", 1)
-        tiles = F._conv_tiles(x_shape[0], ho, wo, x_shape[1] * w_shape[2] * w_shape[3] * 4)
-        assert len(tiles) == x_shape[0] * ho  # one row of one image each
-        banded = F.conv2d(x, w, b, stride, pad, groups)
-        ct_banded = F.conv_transpose2d(dy, w, stride, pad, groups, output_shape=out_shape)
-        grads_banded = F.conv2d_backward(dy, x, w, stride, pad, groups)
+        old = zfraw.set_workspace_bytes(1)
+        try:
+            tiles = F.conv_tiles(x_shape[0], ho, wo, x_shape[1] * w_shape[2] * w_shape[3] * 4)
+            assert len(tiles) == x_shape[0] * ho  # one row of one image each
+            banded = F.conv2d(x, w, b, stride, pad, groups)
+            ct_banded = F.conv_transpose2d(dy, w, stride, pad, groups, output_shape=out_shape)
+            grads_banded = F.conv2d_backward(dy, x, w, stride, pad, groups)
+        finally:
+            zfraw.set_workspace_bytes(old)
 
     ref = _conv_reference(x, w, stride, pad, groups) + b[:, None, None]
     for got in (whole, banded):

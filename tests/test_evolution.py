@@ -123,7 +123,9 @@ def test_the_float16_pack_loads_to_float32_and_keeps_the_pictures(run, rng, tmp_
 def test_float16_files_load_as_float32_networks(tmp_path):
     net = _net().astype(np.float16)
     path = net.save(tmp_path / "half.npz")
-    loaded = nn.load(path)
+    with pytest.raises(ValueError, match="allow_float16"):
+        nn.load(path)
+    loaded = nn.load(path, allow_float16=True)
     assert {p.dtype for p in loaded.parameters().values()} == {np.dtype(np.float32)}
     np.testing.assert_array_equal(loaded.state_dict()["conv1.w"], net.state_dict()["conv1.w"].astype(np.float32))
 

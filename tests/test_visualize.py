@@ -66,8 +66,9 @@ def test_top_activations_equal_brute_force(tiny_set, layer, k, batch_size):
     assert list(got) == list(range(c))
     for f in range(c):
         got_idx, want_idx = [r.index for r in got[f]], [w[1] for w in want[f]]
-        np.testing.assert_allclose([r.value for r in got[f]], [w[0] for w in want[f]], rtol=1e-6)
-        np.testing.assert_allclose([r.value for r in got[f]], val[got_idx, f], rtol=1e-6)
+        rtol = 1e-6 if exact else 1e-5  # float32 GEMM round-off differs with the batch (DESIGN: 1e-5)
+        np.testing.assert_allclose([r.value for r in got[f]], [w[0] for w in want[f]], rtol=rtol)
+        np.testing.assert_allclose([r.value for r in got[f]], val[got_idx, f], rtol=rtol)
         assert [r.value for r in got[f]] == sorted((r.value for r in got[f]), reverse=True)
         if exact:
             assert got_idx == want_idx, f"feature {f}"

@@ -1,8 +1,8 @@
 """Which backend runs the hot paths, and moving arrays between host and device.
 
 A *backend* is an array module (NumPy or CuPy) plus a table of kernels, looked
-up by name (``im2col``, ``col2im``, ``max_pool2d``, ``max_unpool2d``,
-``lrn``, ``lrn_backward``).  Layer and functional code asks for a kernel by
+up by name (``im2col``, ``col2im``, ``im2col_tile``, ``col2im_tile``,
+``max_pool2d``, ``max_unpool2d``, ``lrn``, ``lrn_backward``).  Layer and functional code asks for a kernel by
 name and never branches on which backend is active:
 
 =========  ======  ======================================  ========
@@ -32,17 +32,36 @@ import numpy as np
 __all__ = [
     "Backend", "backends", "get_backend", "set_backend", "use_backend",
     "kernel", "get_array_module", "to_device", "to_host", "BackendUnavailable",
-    "KERNEL_NAMES", "workspace_bytes", "set_workspace_bytes",
+    "KERNEL_NAMES", "workspace_bytes", "set_workspace_bytes", "workspace_from_env", "cpu_threads",
 ]
 
 #: kernels every backend provides (a backend that does not override one gets
 #: the vectorized array-module version, run on its own array type).
-KERNEL_NAMES = ("im2col", "col2im", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward")
+KERNEL_NAMES = ("im2col", "col2im", "im2col_tile", "col2im_tile",
+                "max_pool2d", "max_unpool2d", "lrn", "lrn_backward")
 
 NAMES = ("numpy", "numba", "cupy", "cuda")
 
-#: im2col bytes per conv tile on the CPU backends (fits a last-level cache)
-CPU_TILE_BYTES = 2 * 2**20
+
+
+def cpu_threads() -> int:
+    """Threads a CPU backend computes with: the first of ``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` that is set, else the CPUs this
+    process may run on (``os.sched_getaffinity``; ``os.cpu_count`` elsewhere)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        raw = os.environ.get(var, "").split(",")[0].strip()
+        if raw.isdigit() and int(raw) > 0:
+            return int(raw)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _numba_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 class BackendUnavailable(RuntimeError):
@@ -57,9 +76,9 @@ class Backend:
     xp: object
     kernels: Dict[str, Callable] = field(default_factory=dict)
     on_device: bool = False  # True when arrays live on a GPU
-    #: bytes of im2col columns per conv tile, so that a tile is still in the CPU's
-    #: last-level cache when the GEMM reads it (None: only the workspace budget)
-    tile_bytes: Optional[int] = None
+    #: how many CPU threads run its GEMMs (None on a GPU): the conv tile planner
+    #: gives each of them enough columns (:func:`zfraw.functional.conv_tiles`)
+    threads: Optional[Callable[[], int]] = None
 
     def kernel(self, name: str) -> Callable:
         try:
@@ -98,7 +117,7 @@ def _load(name: str) -> Backend:
 
     generic = {k: getattr(vectorized, k) for k in KERNEL_NAMES}
     if name == "numpy":
-        return Backend("numpy", np, dict(generic), tile_bytes=CPU_TILE_BYTES)
+        return Backend("numpy", np, dict(generic), threads=cpu_threads)
     if name == "numba":
         if importlib.util.find_spec("numba") is None:  # found, not imported: kernels/cpu sets it up
             raise BackendUnavailable(
@@ -107,7 +126,7 @@ def _load(name: str) -> Backend:
             )
         from zfraw.kernels import cpu
 
-        return Backend("numba", np, {**generic, **cpu.KERNELS}, tile_bytes=CPU_TILE_BYTES)
+        return Backend("numba", np, {**generic, **cpu.KERNELS}, threads=_numba_threads)
     if name == "cupy":
         cupy = _cupy_or_raise(name)
         return Backend("cupy", cupy, dict(generic), on_device=True)
@@ -240,24 +259,42 @@ def to_host(obj):
 
 # ---------------------------------------------------------------- workspace
 
-def _env_workspace() -> int:
-    raw = os.environ.get("ZFRAW_WORKSPACE_MB", "256")
+def workspace_from_env(raw=None) -> int:
+    """The column-buffer budget in bytes that ``ZFRAW_WORKSPACE_MB`` asks for (256 MB when unset).
+
+    ``raw`` is the variable's text (default: read from the environment).  Anything
+    but a positive, finite number of megabytes is a ``ValueError`` that names the
+    variable and says how to fix it.
+    """
+    if raw is None:
+        raw = os.environ.get("ZFRAW_WORKSPACE_MB", "")
+    if not raw.strip():
+        return 256 * 2**20
     try:
         mb = float(raw)
     except ValueError:
-        raise ValueError(f"ZFRAW_WORKSPACE_MB must be a number of megabytes, got {raw!r}") from None
+        mb = float("nan")
+    if not (mb > 0 and mb != float("inf")) or int(mb * 2**20) < 1:
+        raise ValueError(f"the environment variable ZFRAW_WORKSPACE_MB must be a positive number of megabytes "
+                         f"(e.g. 256), got {raw!r}; fix it or unset it")
     return int(mb * 2**20)
 
 
-_workspace = _env_workspace()
+#: the budget set by :func:`set_workspace_bytes`; None: read ``ZFRAW_WORKSPACE_MB`` when first needed
+#: (not at import, so that a bad value is an error of the call that needs it, not of ``import zfraw``)
+_workspace: Optional[int] = None
 
 
 def workspace_bytes() -> int:
     """Byte budget for the im2col column buffer (default 256 MB, ``ZFRAW_WORKSPACE_MB``).
 
     Convolutions build columns for as many images at a time as fit in it (at least
-    one), so their peak memory stays bounded whatever the batch size.
+    one), so their peak memory stays bounded whatever the batch size.  A bad
+    ``ZFRAW_WORKSPACE_MB`` raises ``ValueError`` here (see :func:`workspace_from_env`).
     """
+    global _workspace
+    if _workspace is None:
+        _workspace = workspace_from_env()
     return _workspace
 
 
@@ -266,5 +303,6 @@ def set_workspace_bytes(nbytes: int) -> int:
     global _workspace
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 1:
         raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
-    old, _workspace = _workspace, int(nbytes)
+    old = _workspace if _workspace is not None else workspace_from_env()
+    _workspace = int(nbytes)
     return old

@@ -8,25 +8,28 @@ code runs on NumPy and on CuPy arrays.
 
 Convolution is im2col followed by one GEMM per group (BLAS / cuBLAS).  The
 column buffer of a whole batch can be huge, so it is built for a *tile* at a
-time -- a few images, and for large planes a band of output rows -- under a
-byte budget (:func:`zfraw.set_workspace_bytes`; on the CPU backends also under
-their ``tile_bytes``, so that the columns are still in cache when the GEMM
-reads them).  The deconvolution is the transposed convolution ``C^T``: GEMM
+time -- several images side by side, or for a large plane a band of output
+rows -- under a byte budget (:func:`zfraw.set_workspace_bytes`), with enough
+columns for every GEMM thread (:func:`conv_tiles`).  A tile's columns are laid
+out (C*kh*kw, images*Ho*Wo) (the ``im2col_tile`` kernel), so each group makes
+*one* GEMM for the whole tile, whose result goes back to NCHW in the pass that
+adds the bias.  The deconvolution is the transposed convolution ``C^T``: GEMM
 with the transposed filters, then ``col2im``, tile by tile.
 :func:`conv_matrix` builds the explicit sparse ``C`` for teaching and testing.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
 from zfraw import backend as _backend
-from zfraw._args import int_arg as _int, pair_arg as _pair
+from zfraw._args import int_arg as _int, pair_arg as _pair, shape_arg as _shape
 
 __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "conv_transpose2d", "conv_matrix",
-    "conv_output_size", "pool_output_size",
+    "conv_output_size", "pool_output_size", "pool_padding",
     "max_pool2d", "max_unpool2d", "relu", "relu_backward", "RELU_RULES",
     "local_response_norm", "local_response_norm_backward",
     "linear", "linear_backward", "dropout", "softmax", "cross_entropy",
@@ -43,6 +46,9 @@ def _array(name, a, ndim=None, float_only=True):
     xp = _backend.get_backend().xp
     if not isinstance(a, xp.ndarray):
         kind = type(a).__module__.split(".")[0] + "." + type(a).__name__
+        if isinstance(a, np.generic):  # a NumPy scalar, e.g. np.float32(1.0): not an array of another backend
+            raise TypeError(f"{name} must be an array ({xp.__name__}.ndarray), got the NumPy scalar {kind} {a!r}; "
+                            f"make it an array of the right shape")
         if hasattr(a, "shape") and hasattr(a, "dtype"):
             raise TypeError(
                 f"{name} is a {kind} but the active backend {_backend.get_backend().name!r} works on "
@@ -62,14 +68,8 @@ def _same_dtype(ref_name, ref, name, a):
 
 
 def _spatial_shape(name, shape):
-    """(H, W) from a shape given as (H, W), (C, H, W) or (N, C, H, W)."""
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"{name} must be a shape tuple, got {shape!r}") from None
-    if len(shape) not in (2, 3, 4) or min(shape) < 1:
-        raise ValueError(f"{name} must be (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got {shape}")
-    return shape[-2:]
+    """(H, W) from a shape given as (H, W), (C, H, W) or (N, C, H, W) of ints >= 1."""
+    return _shape(name, shape, (2, 3, 4))[-2:]
 
 
 def conv_output_size(size, k, stride, pad, name="input"):
@@ -82,47 +82,89 @@ def conv_output_size(size, k, stride, pad, name="input"):
 
 
 def pool_output_size(size, k, stride, pad, ceil_mode, name="x"):
-    """Pooled size as PyTorch computes it: with ``ceil_mode`` a last partial window
-    is kept when it starts inside the input or its left padding."""
-    if size + 2 * pad < k:
-        raise ValueError(
-            f"pooling window of {k} is larger than the padded {name} ({size} + 2*{pad} = {size + 2 * pad})"
-        )
-    span = size + 2 * pad - k
+    """Pooled size as PyTorch computes it (``pooling_output_shape_pad_lr``).
+
+    ``pad`` is an int (both sides) or a pair (before, after).  With n = size +
+    before + after - k: floor(n / stride) + 1 windows, or with ``ceil_mode``
+    ceil(n / stride) + 1, less a last window that would start at or beyond
+    ``size + before`` (entirely in the after-padding).  In ceil mode n may be
+    negative (a window larger than the padded input, as PyTorch accepts) as long
+    as one window results; otherwise a ValueError.
+    """
+    before, after = (pad, pad) if isinstance(pad, numbers.Integral) else (int(pad[0]), int(pad[1]))
+    padded = size + before + after
+    span = padded - k
     out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
+    if ceil_mode and (out - 1) * stride >= size + before:
         out -= 1
+    if out < 1:
+        pads = f"{before}" if before == after else f"{before}+{after}"
+        raise ValueError(
+            f"pooling window of {k} is larger than the padded {name} ({size} + {pads} padding = {padded})"
+            + ("" if ceil_mode else "; ceil_mode=True keeps a partial window")
+        )
     return out
 
 
-#: A plane with more output positions than this is cut into bands of output rows
-#: of about this many columns each (conv1 of ZFNet: 110 x 110 -> bands of 18 rows).
-#: Wide enough for an efficient GEMM, small enough for the cache.
-BAND_COLUMNS = 2048
+def pool_padding(pad):
+    """A pooling ``pad`` as (top, bottom, left, right).
+
+    ``pad`` is an int (every side), a pair (ph, pw) (ph above and below, pw left
+    and right) or four ints (top, bottom, left, right), each >= 0.  (ONNX lists
+    pads as [top, left, bottom, right]: pass ``(p[0], p[2], p[1], p[3])``.)
+    """
+    if isinstance(pad, (tuple, list)) and len(pad) == 4:
+        return tuple(_int("pad", v, 0) for v in pad)
+    if isinstance(pad, (tuple, list)) and len(pad) != 2:
+        raise ValueError(f"pad must be an int, a pair (ph, pw) or (top, bottom, left, right), got {pad!r}")
+    ph, pw = _pair("pad", pad, 0)
+    return ph, ph, pw, pw
 
 
-def _conv_tiles(n, ho, wo, column_bytes):
+#: Each thread that runs a conv's GEMM gets at least this many columns of it
+#: (when the batch has them and the workspace allows): a BLAS packs the filter
+#: matrix once per call and thread and then streams columns past it, so the
+#: packing and the call's thread start-up are spread over at least this much
+#: work.  Not a cache size: it depends on neither the machine nor the layer.
+GEMM_COLUMNS_PER_THREAD = 1024
+
+
+def _even_cuts(total, parts):
+    """[(start, stop)] cutting range(total) into ``parts`` runs whose sizes differ by at most one."""
+    return [(k * total // parts, (k + 1) * total // parts) for k in range(parts)]
+
+
+def conv_tiles(n, ho, wo, column_bytes):
     """Split a conv's output into tiles (n0, n1, r0, r1): images n0:n1, output rows r0:r1.
 
-    ``column_bytes`` is the size of one im2col column (C*kh*kw*itemsize); a tile's
-    column buffer, column_bytes * (n1 - n0) * (r1 - r0) * wo, stays under the
-    workspace budget and under the backend's ``tile_bytes`` (the CPU backends keep a
-    tile in the last-level cache between im2col and the GEMM; always at least one
-    row of one image).  Planes of more than :data:`BAND_COLUMNS` positions whose
-    columns exceed the budget are cut into bands of rows; smaller ones are taken
-    whole, as many images at a time as fit.  Tiles come image-chunk by
-    image-chunk, the bands of a chunk in ascending row order.
+    ``column_bytes`` is the size of one im2col column (C*kh*kw*itemsize).  Each
+    tile's columns, column_bytes * (n1 - n0) * (r1 - r0) * wo bytes, go through
+    one GEMM per group, so a tile is made large enough to keep every GEMM thread
+    busy -- at least :data:`GEMM_COLUMNS_PER_THREAD` columns per thread of the
+    backend (``Backend.threads``; a GPU backend takes as much as fits) -- and
+    never larger than the workspace budget (:func:`zfraw.workspace_bytes`).
+    Tiles hold whole images when one image's columns fit the budget: the batch
+    is cut into as many tiles of nearly equal size as keep each one at least
+    that large (and enough to respect the budget).  Otherwise each image is
+    cut into nearly equal bands of output rows, as few as fit (rows of at least
+    one row: a budget below one row's columns gets one-row bands).  Tiles come
+    image-chunk by image-chunk, the bands of an image in ascending row order.
     """
+    if n == 0:
+        return []
     budget = _backend.workspace_bytes()
-    if _backend.get_backend().tile_bytes:
-        budget = min(budget, _backend.get_backend().tile_bytes)
-    row_bytes = column_bytes * wo
-    rows = ho
-    if ho * wo > BAND_COLUMNS and row_bytes * ho > budget:
-        rows = max(1, min(ho, BAND_COLUMNS // wo, budget // row_bytes))
-    images = max(1, budget // (row_bytes * rows))
-    return [(n0, min(n, n0 + images), r0, min(ho, r0 + rows))
-            for n0 in range(0, n, images) for r0 in range(0, ho, rows)]
+    threads = _backend.get_backend().threads
+    column_bytes = max(1, column_bytes)
+    plane_bytes = column_bytes * ho * wo
+    if plane_bytes > budget:  # bands of rows, one image at a time
+        rows_fit = max(1, budget // (column_bytes * wo))
+        bands = _even_cuts(ho, -(-ho // rows_fit))
+        return [(i, i + 1, r0, r1) for i in range(n) for r0, r1 in bands]
+    fit = budget // plane_bytes
+    wanted = n if threads is None else -(-threads() * GEMM_COLUMNS_PER_THREAD // (ho * wo))
+    images = max(1, min(n, fit, wanted))
+    parts = max(-(-n // fit), n // images)
+    return [(n0, n1, 0, ho) for n0, n1 in _even_cuts(n, parts)]
 
 
 def _input_band(x, n0, n1, r0, r1, kh, sh, ph):
@@ -143,12 +185,26 @@ def _input_band(x, n0, n1, r0, r1, kh, sh, ph):
     return band
 
 
-def _tile_columns(unfold, x, tile, ho, kh, kw, sh, sw, ph, pw):
-    """im2col of one tile: (n1 - n0, C*kh*kw, (r1 - r0)*Wo)."""
+def _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw):
+    """im2col of one tile in the tile layout: (C*kh*kw, (n1 - n0)*(r1 - r0)*Wo)."""
+    unfold = _backend.kernel("im2col_tile")
     n0, n1, r0, r1 = tile
     if r0 == 0 and r1 == ho:  # whole planes: the kernel pads
         return unfold(x[n0:n1], kh, kw, sh, sw, ph, pw)
     return unfold(_input_band(x, n0, n1, r0, r1, kh, sh, ph), kh, kw, sh, sw, 0, pw)
+
+
+def _tile_matrix(a, tile, wo):
+    """The tile's part of a (N, F, Ho, Wo) array as one (F, m*q) matrix, m = n1 - n0
+    images of q = (r1 - r0)*Wo positions: a view for one image, else a copy that
+    puts the images side by side (the tile layout of the conv's output)."""
+    n0, n1, r0, r1 = tile
+    n, f = a.shape[:2]
+    part = a.reshape(n, f, -1)[n0:n1, :, r0 * wo:r1 * wo]
+    if n1 - n0 == 1:
+        return part[0]
+    xp = _backend.get_backend().xp
+    return xp.ascontiguousarray(part.transpose(1, 0, 2)).reshape(f, -1)
 
 
 # ============================================================== im2col / col2im
@@ -178,10 +234,7 @@ def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     cols = _array("cols", cols, 3)
     kh, kw = _int("kh", kh, 1), _int("kw", kw, 1)
     (sh, sw), (ph, pw) = _pair("stride", stride, 1), _pair("pad", pad, 0)
-    try:
-        n, c, h, w = (int(s) for s in x_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"x_shape must be (N, C, H, W), got {x_shape!r}") from None
+    n, c, h, w = _shape("x_shape", x_shape, (4,), minimum=0)
     ho = conv_output_size(h, kh, sh, ph, "x_shape height")
     wo = conv_output_size(w, kw, sw, pw, "x_shape width")
     if cols.shape != (n, c * kh * kw, ho * wo):
@@ -198,6 +251,9 @@ def _conv_args(x_name, x, w, stride, pad, groups):
     """Validate a conv call; returns (w, (sh, sw), (ph, pw), groups)."""
     w = _array("w", w, 4)
     _same_dtype(x_name, x, "w", w)
+    if 0 in w.shape:
+        raise ValueError(f"w must have at least one filter, one channel and a window of at least 1x1 "
+                         f"(F, C // groups, kh, kw), got shape {tuple(w.shape)}")
     groups = _int("groups", groups, 1)
     if w.shape[0] % groups:
         raise ValueError(f"w has {w.shape[0]} filters, which groups={groups} does not divide")
@@ -229,18 +285,27 @@ def conv2d(x, w, b=None, stride=1, pad=0, groups=1):
         if b.shape[0] != f:
             raise ValueError(f"b must have shape ({f},) to match w, got {tuple(b.shape)}")
 
-    p, kg = ho * wo, cg * kh * kw
-    w_groups = w.reshape(groups, f // groups, kg)
+    p, kg, fg = ho * wo, cg * kh * kw, f // groups
+    w_groups = w.reshape(groups, fg, kg)
     y = xp.empty((n, f, p), dtype=x.dtype)
-    unfold = _backend.kernel("im2col")
-    for tile in _conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
+    bias = None if b is None else b[:, None]
+    for tile in conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
         n0, n1, r0, r1 = tile
         m, q = n1 - n0, (r1 - r0) * wo
-        cols = _tile_columns(unfold, x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(m, groups, kg, q)
-        out = y[n0:n1, :, r0 * wo:r1 * wo]  # a view: the GEMM writes in place
-        xp.matmul(w_groups, cols, out=out.reshape(m, groups, f // groups, q))
-        if b is not None:
-            out += b[:, None]  # while the tile is in cache
+        cols = _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(groups, kg, m * q)
+        if m == 1:  # the GEMM writes into y (a view), the bias is added in cache
+            out = y[n0, :, r0 * wo:r1 * wo]
+            xp.matmul(w_groups, cols, out=out.reshape(groups, fg, q))
+            if bias is not None:
+                out += bias
+            continue
+        # one GEMM per group over every image of the tile, then to NCHW, adding the bias
+        prod = xp.matmul(w_groups, cols).reshape(f, m, q).transpose(1, 0, 2)
+        out = y[n0:n1, :, r0 * wo:r1 * wo]
+        if bias is None:
+            out[...] = prod
+        else:
+            xp.add(prod, bias, out=out)
     return y.reshape(n, f, ho, wo)
 
 
@@ -274,17 +339,18 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
     if h < 1 or wd < 1:
         raise ValueError(f"y of {ho}x{wo} with this kernel, stride and pad gives an empty output")
     c = cg * groups
-    if output_shape is not None and tuple(int(s) for s in output_shape)[:-2] not in ((), (c,), (n, c)):
+    if output_shape is not None and tuple(output_shape)[:-2] not in ((), (c,), (n, c)):
         raise ValueError(f"output_shape {tuple(output_shape)} does not match the output's (N, C) = {(n, c)}")
-    p, kg = ho * wo, cg * kh * kw
-    w_groups_t = w.reshape(groups, f // groups, kg).transpose(0, 2, 1)
-    y_groups = y.reshape(n, groups, f // groups, p)
+    kg, fg = cg * kh * kw, f // groups
+    w_groups_t = w.reshape(groups, fg, kg).transpose(0, 2, 1)
     x = xp.empty((n, c, h, wd), dtype=y.dtype)
-    fold = _backend.kernel("col2im")
+    fold = _backend.kernel("col2im_tile")
     acc = None
-    for n0, n1, r0, r1 in _conv_tiles(n, ho, wo, c * kh * kw * y.itemsize):
-        m, q = n1 - n0, (r1 - r0) * wo
-        cols = xp.matmul(w_groups_t, y_groups[n0:n1, :, :, r0 * wo:r1 * wo]).reshape(m, c * kh * kw, q)
+    for tile in conv_tiles(n, ho, wo, c * kh * kw * y.itemsize):
+        n0, n1, r0, r1 = tile
+        m = n1 - n0
+        # one GEMM per group over the whole tile: (kg, Fg) x (Fg, m*q)
+        cols = xp.matmul(w_groups_t, _tile_matrix(y, tile, wo).reshape(groups, fg, -1)).reshape(c * kh * kw, -1)
         if r0 == 0 and r1 == ho:  # whole planes
             x[n0:n1] = fold(cols, (m, c, h, wd), kh, kw, sh, sw, ph, pw)
             continue
@@ -320,15 +386,12 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1):
         raise ValueError(f"dy must have shape {(n, f, ho, wo)} (the conv output), got {tuple(dy.shape)}")
 
     dx = conv_transpose2d(dy, w, (sh, sw), (ph, pw), groups, output_shape=(h, wd))
-    p, kg = ho * wo, cg * kh * kw
-    dy_groups = dy.reshape(n, groups, f // groups, p)
-    dw = xp.zeros((groups, f // groups, kg), dtype=x.dtype)
-    unfold = _backend.kernel("im2col")
-    for tile in _conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
-        n0, n1, r0, r1 = tile
-        m, q = n1 - n0, (r1 - r0) * wo
-        cols = _tile_columns(unfold, x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(m, groups, kg, q)
-        dw += xp.matmul(dy_groups[n0:n1, :, :, r0 * wo:r1 * wo], cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    kg, fg = cg * kh * kw, f // groups
+    dw = xp.zeros((groups, fg, kg), dtype=x.dtype)
+    for tile in conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
+        cols = _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(groups, kg, -1)
+        # one GEMM per group over the whole tile: (Fg, m*q) x (m*q, kg)
+        dw += xp.matmul(_tile_matrix(dy, tile, wo).reshape(groups, fg, -1), cols.transpose(0, 2, 1))
     db = dy.sum(axis=(0, 2, 3))
     return dx, dw.reshape(w.shape), db
 
@@ -350,7 +413,7 @@ def conv_matrix(w, input_shape, stride=1, pad=0, groups=1):
         raise TypeError(f"w must be a float32/float64 array, got {getattr(w, 'dtype', type(w))}")
     if w.ndim != 4:
         raise ValueError(f"w must have 4 dimensions (F, C, kh, kw), got {w.ndim}")
-    shape = tuple(int(s) for s in input_shape)
+    shape = _shape("input_shape", input_shape, (3, 4))
     if len(shape) == 4 and shape[0] == 1:
         shape = shape[1:]
     if len(shape) != 3:
@@ -389,19 +452,25 @@ def max_pool2d(x, size, stride=None, pad=0, ceil_mode=False):
     (PyTorch's ``return_indices`` layout).  Padding counts as -inf; ties go to
     the first maximum in row-major window order; a NaN wins and propagates.
     ``stride`` defaults to ``size``; ``ceil_mode`` keeps a last partial window
-    (ZFNet: 110 -> 55 and 26 -> 13 with size 3, stride 2).  ``pad`` must be at
-    most half the window, so that every window holds an input pixel.
+    (ZFNet: 110 -> 55 and 26 -> 13 with size 3, stride 2) and accepts what
+    PyTorch accepts (see :func:`pool_output_size`).  ``pad`` is an int, (ph, pw)
+    or per side (top, bottom, left, right) (:func:`pool_padding`; Caffe models in
+    ONNX pad only bottom and right); each side at most half the window, so that
+    every window holds an input pixel.  Window (ho, wo) covers rows
+    [ho*sh - top, ho*sh - top + kh) and columns [wo*sw - left, wo*sw - left + kw).
     """
     x = _array("x", x, 4)
     kh, kw = _pair("size", size, 1)
     sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
-    ph, pw = _pair("pad", pad, 0)
-    if 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"pad must be at most half the window size {(kh, kw)}, got {(ph, pw)}")
+    top, bottom, left, right = pool_padding(pad)
+    if 2 * max(top, bottom) > kh or 2 * max(left, right) > kw:
+        raise ValueError(f"pad must be at most half the window size {(kh, kw)} on each side, "
+                         f"got (top, bottom, left, right) = {(top, bottom, left, right)}")
     n, c, h, w = x.shape
-    ho = pool_output_size(h, kh, sh, ph, bool(ceil_mode), "x height")
-    wo = pool_output_size(w, kw, sw, pw, bool(ceil_mode), "x width")
-    return _backend.kernel("max_pool2d")(x, kh, kw, sh, sw, ph, pw, ho, wo)
+    ho = pool_output_size(h, kh, sh, (top, bottom), bool(ceil_mode), "x height")
+    wo = pool_output_size(w, kw, sw, (left, right), bool(ceil_mode), "x width")
+    # the kernels take the top and left pads; Ho and Wo imply the bottom and right ones
+    return _backend.kernel("max_pool2d")(x, kh, kw, sh, sw, top, left, ho, wo)
 
 
 def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
@@ -414,8 +483,9 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     pooling gradient and ``<pool_select(x), y> == <x, max_unpool2d(y)>``.
     (PyTorch's ``max_unpool2d`` overwrites on collision instead.)
 
-    ``size``/``stride``/``pad`` (keyword only) may name the pooling geometry that
-    made the switches; a backend can then gather deterministically (CUDA).
+    ``size``/``stride``/``pad`` (keyword only; ``pad`` as in :func:`max_pool2d`)
+    may name the pooling geometry that made the switches; a backend can then
+    gather deterministically (CUDA).
     """
     y = _array("y", y, 4)
     switches = _array("switches", switches, 4, float_only=False)
@@ -424,7 +494,7 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     if switches.shape != y.shape:
         raise ValueError(f"switches must have y's shape {tuple(y.shape)}, got {tuple(switches.shape)}")
     h, w = _spatial_shape("input_shape", input_shape)
-    lead = tuple(int(s) for s in input_shape)[:-2]
+    lead = tuple(input_shape)[:-2]
     if lead not in ((), tuple(y.shape[1:2]), tuple(y.shape[:2])):
         raise ValueError(f"input_shape {tuple(input_shape)} does not match y's (N, C) {tuple(y.shape[:2])}")
     if switches.size:
@@ -437,8 +507,8 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     if size is not None:
         kh, kw = _pair("size", size, 1)
         sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
-        ph, pw = _pair("pad", pad, 0)
-        window = (kh, kw, sh, sw, ph, pw)
+        top, _, left, _ = pool_padding(pad)
+        window = (kh, kw, sh, sw, top, left)
     return _backend.kernel("max_unpool2d")(y, switches.astype(np.int64, copy=False), h, w, window)
 
 
@@ -479,6 +549,8 @@ def _lrn_args(size, alpha, beta, k):
     for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"{name} must be a real number, got {v!r}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
     if k <= 0:
         raise ValueError(f"k must be > 0 (it keeps the denominator positive), got {k}")
     if alpha < 0:
@@ -567,6 +639,8 @@ def dropout(x, p, rng):
 def softmax(z):
     """Softmax over the last axis, shifted by the maximum for stability: z (N, K) -> p (N, K)."""
     z = _array("z", z)
+    if z.ndim == 0 or z.shape[-1] == 0:
+        raise ValueError(f"z must have at least one class on its last axis, got shape {tuple(z.shape)}")
     xp = _backend.get_backend().xp
     e = xp.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -577,6 +651,11 @@ def cross_entropy(z, labels):
 
     z (N, K) scores, labels (N,) ints in [0, K) -> (loss, dz) with
     loss = -mean_n log softmax(z)[n, labels[n]] and dz = (softmax(z) - onehot) / N.
+
+    Computed so that nothing cancels when the softmax saturates: with
+    s = z - max(z), log p = s - log1p(sum of exp(s) over all but one maximum),
+    and the label's entry of dz is expm1(log p_label) rather than p_label - 1
+    (which loses every digit of 1 - p_label below float32's 6e-8).
     """
     z = _array("z", z, 2)
     xp = _backend.get_backend().xp
@@ -584,15 +663,21 @@ def cross_entropy(z, labels):
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
     n, k = z.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"z must hold at least one row of at least one class score (N, K >= 1), "
+                         f"got shape {tuple(z.shape)}")
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise ValueError(f"labels must lie in [0, {k}), got values in [{int(labels.min())}, {int(labels.max())}]")
-    shifted = z - z.max(axis=1, keepdims=True)
-    log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     rows = xp.arange(n)
+    top = z.argmax(axis=1)
+    shifted = z - z[rows, top][:, None]
+    e = xp.exp(shifted)
+    e[rows, top] = 0  # exp(0) = 1 of the maximum is the "1" of log1p
+    log_p = shifted - xp.log1p(e.sum(axis=1, keepdims=True))
     loss = -log_p[rows, labels].mean()
     dz = xp.exp(log_p)
-    dz[rows, labels] -= 1
+    dz[rows, labels] = xp.expm1(log_p[rows, labels])
     dz /= n
     return float(loss), dz

@@ -20,7 +20,9 @@ import numpy as np
 
 from zfraw import functional as F
 from zfraw.backend import get_backend, to_host
-from zfraw.nn import Conv2d, Dropout, Sequential, atomic_savez
+from zfraw._args import int_arg
+from zfraw.io import npz
+from zfraw.nn import Conv2d, Dropout, Sequential
 
 __all__ = [
     "SGD", "StepSchedule", "PlateauSchedule", "renormalize_filters", "filter_rms",
@@ -79,18 +81,42 @@ class SGD:
         self.velocity = {k: xp.zeros_like(p) for k, p in net.parameters().items()}
 
     def step(self):
-        """One update from the gradients of the last ``net.backward``."""
+        """One update from the gradients of the last ``net.backward``, in place.
+
+        v <- momentum v - lr g - lr wd w, then w <- w + v, walking each parameter
+        in blocks of 2**20 elements (so that the five in-place passes reuse a
+        block while it is in cache) with ``out=`` ufuncs into one scratch block:
+        no temporary the size of a parameter (fc6 alone holds 38 M weights).
+        """
+        block = 2**20
         grads = self.net.gradients()
-        for name, p in self.net.parameters().items():
-            if name not in grads:
-                raise RuntimeError(f"no gradient for {name}: run net.backward(...) before step()")
-            g = grads[name]
-            if self.weight_decay and name.endswith(".w"):
-                g = g + self.weight_decay * p
-            v = self.velocity[name]
-            v *= self.momentum
-            v -= self.lr * g
-            p += v
+        params = self.net.parameters()
+        missing = [name for name in params if name not in grads]
+        if missing:
+            raise RuntimeError(f"no gradient for {missing[0]}: run net.backward(...) before step()")
+        xp = get_backend().xp
+        scratch = {}  # one block per dtype
+        for name, p in params.items():
+            decay = self.lr * self.weight_decay if name.endswith(".w") else 0.0
+            v, g = self.velocity[name], grads[name]
+            if not (p.flags.c_contiguous and v.flags.c_contiguous):  # no flat views: whole arrays
+                v *= self.momentum
+                v -= self.lr * g + decay * p
+                p += v
+                continue
+            if p.dtype not in scratch:
+                scratch[p.dtype] = xp.empty(min(block, max(q.size for q in params.values())), dtype=p.dtype)
+            p, g, v = p.reshape(-1), g.reshape(-1), v.reshape(-1)
+            for i in range(0, p.size, block):
+                w_blk, g_blk, v_blk = p[i:i + block], g[i:i + block], v[i:i + block]
+                tmp = scratch[w_blk.dtype][:w_blk.size]
+                v_blk *= self.momentum
+                xp.multiply(g_blk, self.lr, out=tmp)
+                v_blk -= tmp
+                if decay:
+                    xp.multiply(w_blk, decay, out=tmp)
+                    v_blk -= tmp
+                w_blk += v_blk
         renormalize_filters(self.net, self.renorm_radius)
 
     def state_dict(self):
@@ -119,18 +145,31 @@ class StepSchedule:
 
 
 class PlateauSchedule:
-    """Divide the learning rate by ``factor`` whenever validation loss has not improved for ``patience`` epochs."""
+    """Divide the learning rate by ``factor`` whenever the watched loss has not improved for ``patience`` epochs.
 
-    def __init__(self, factor=10.0, patience=2):
-        if not factor > 0:
-            raise ValueError(f"factor must be > 0, got {factor}")
-        if not int(patience) >= 1:
-            raise ValueError(f"patience must be >= 1 epoch, got {patience}")
-        self.factor, self.patience = float(factor), int(patience)
+    ``monitor`` is the :class:`History` field watched (``"val_loss"``, or
+    ``"train_loss"`` for a run without validation); an improvement is a loss
+    below the best so far by more than 1e-4.  The rate never goes below
+    ``min_lr`` (once there, it stays).  The rate of an epoch depends only on
+    the history before it, so a resumed run gets the same rates.
+    """
+
+    MONITORS = ("val_loss", "train_loss")
+
+    def __init__(self, factor=10.0, patience=2, min_lr=0.0, monitor="val_loss"):
+        if not factor > 1:
+            raise ValueError(f"factor must be > 1 (the rate is divided by it), got {factor}")
+        patience = int_arg("patience", patience, 1)
+        if not (min_lr >= 0 and math.isfinite(min_lr)):
+            raise ValueError(f"min_lr must be a finite number >= 0, got {min_lr}")
+        if monitor not in self.MONITORS:
+            raise ValueError(f"monitor must be one of {self.MONITORS}, got {monitor!r}")
+        self.factor, self.patience, self.min_lr, self.monitor = float(factor), int(patience), float(min_lr), monitor
 
     def __call__(self, base_lr, epoch, history):
         lr, best, wait = base_lr, math.inf, 0
-        for loss in history.val_loss[:epoch]:
+        floor = min(self.min_lr, base_lr)
+        for loss in getattr(history, self.monitor)[:epoch]:
             if math.isnan(loss):  # no validation that epoch: no evidence of a plateau
                 continue
             if loss < best - 1e-4:
@@ -138,7 +177,7 @@ class PlateauSchedule:
             else:
                 wait += 1
                 if wait >= self.patience:
-                    lr, wait = lr / self.factor, 0
+                    lr, wait = max(lr / self.factor, floor), 0
         return lr
 
 
@@ -172,7 +211,7 @@ def evaluate(net, batches):
         count += len(labels)
     net.clear()
     if count == 0:
-        raise ValueError("evaluate got no batches")
+        raise ValueError("evaluate got no batches (is the validation set empty?)")
     return total_loss / count, correct / count
 
 
@@ -212,12 +251,8 @@ def _set_dropout_states(net, states):
 
 
 def _save_checkpoint(path, net, opt, history, epoch, extra):
-    arrays = dict(net.state_dict())
-    arrays.update(opt.state_dict())
-    meta = {"spec": net.spec(), "extra": extra, "epoch": epoch, "history": json.loads(history.to_json()),
-            "dropout_rng": _dropout_states(net)}
-    arrays["__zfraw__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    atomic_savez(path, arrays)
+    npz.write(path, net.spec(), net.state_dict(), extra=extra, arrays=opt.state_dict(), epoch=epoch,
+              history=json.loads(history.to_json()), dropout_rng=_dropout_states(net))
 
 
 def load_checkpoint(path, net, opt=None):
@@ -225,14 +260,13 @@ def load_checkpoint(path, net, opt=None):
 
     The dropout generators are restored too, so a resumed run continues exactly.
     """
-    with np.load(path) as data:
-        meta = json.loads(bytes(data["__zfraw__"]).decode())
-        state = {k: data[k] for k in data.files if not k.startswith("__")}
-    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("velocity/")})
+    contents = npz.read(path, require_meta=True)
+    meta = contents.meta
+    net.load_state_dict(contents.params)
     _set_dropout_states(net, meta.get("dropout_rng", {}))
     if opt is not None:
-        opt.load_state_dict(state)
-    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), meta.get("extra", {})
+        opt.load_state_dict(contents.other)
+    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), contents.extra
 
 
 def snapshot_path(snapshot_dir, epoch):
@@ -275,19 +309,27 @@ def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, 
     ``(base_lr, epoch, history) -> lr`` (:class:`StepSchedule`,
     :class:`PlateauSchedule`) or None for a constant rate; checkpoint: a ``.npz``
     path written atomically after every epoch (weights, velocities, history);
-    resume: continue from that checkpoint when it exists; on_epoch: called as
-    ``on_epoch(epoch, net, history)`` after each epoch; snapshots: epochs (1-based)
-    after which the weights are kept in ``snapshot_dir`` (:func:`save_snapshot`),
-    for the feature-evolution pictures of :mod:`zfraw.analysis.evolution`.
+    resume: continue from that checkpoint when it exists (temporaries of a
+    checkpoint write that was killed half-way are removed first); on_epoch:
+    called as ``on_epoch(epoch, net, history)`` after each epoch (e.g. to save
+    the best model so far); snapshots: epochs (1-based) after which the weights
+    are kept in ``snapshot_dir`` (:func:`save_snapshot`), for the
+    feature-evolution pictures of :mod:`zfraw.analysis.evolution`.
+
+    An epoch that makes no update (no batch) is a ``ValueError``; a loss that
+    stops being finite (training or validation) a ``FloatingPointError``, so no
+    run ends with NaN metrics.
     """
     if not isinstance(net, Sequential):
         raise TypeError(f"net must be a zfraw.nn.Sequential, got {type(net).__name__}")
     if not callable(train_batches):
         raise TypeError("train_batches must be a function epoch -> iterable of (x, labels) batches")
-    epochs = int(epochs)
+    epochs = int_arg("epochs", epochs, 1)
     snapshots = _check_snapshots(snapshots, snapshot_dir)
     opt = SGD(net, lr, momentum, weight_decay, renorm_radius)
     history, start = History(), 0
+    if checkpoint:
+        npz.remove_stale_temporaries(checkpoint)  # left by a write that was killed half-way
     if resume and checkpoint and os.path.exists(checkpoint):
         start, history, _ = load_checkpoint(checkpoint, net, opt)
     extra = dict(extra or {})
@@ -306,20 +348,25 @@ def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, 
             bar.set_postfix(loss=f"{np.average(losses[-50:], weights=sizes[-50:]):.3f}",
                             acc=f"{np.average(accs[-50:], weights=sizes[-50:]):.3f}")
         net.clear()
+        if not losses:
+            raise ValueError(f"train_batches({epoch}) gave no batch, so epoch {epoch + 1} made no update "
+                             f"(fewer training images than one batch, with drop_last?)")
         history.epoch.append(epoch + 1)
         history.lr.append(opt.lr)
-        history.train_loss.append(float(np.average(losses, weights=sizes)) if losses else float("nan"))
-        history.train_acc.append(float(np.average(accs, weights=sizes)) if accs else float("nan"))
+        history.train_loss.append(float(np.average(losses, weights=sizes)))
+        history.train_acc.append(float(np.average(accs, weights=sizes)))
+        vl = va = float("nan")
         if val_batches is not None:
             vl, va = evaluate(net, val_batches())
-        else:
-            vl, va = float("nan"), float("nan")
+            if not math.isfinite(vl):
+                raise FloatingPointError(f"the validation loss became {vl} in epoch {epoch + 1}: "
+                                         f"lower the learning rate (lr={opt.lr})")
         history.val_loss.append(vl)
         history.val_acc.append(va)
         history.seconds.append(time.perf_counter() - t0)
+        val_text = f"  val loss {vl:.4f} acc {va:.3f}" if val_batches is not None else ""
         _log(f"epoch {epoch + 1}/{epochs}: lr {opt.lr:.2e}  train loss {history.train_loss[-1]:.4f} "
-                   f"acc {history.train_acc[-1]:.3f}  val loss {vl:.4f} acc {va:.3f}  ({history.seconds[-1]:.0f} s)",
-             progress)
+             f"acc {history.train_acc[-1]:.3f}{val_text}  ({history.seconds[-1]:.0f} s)", progress)
         if checkpoint:
             _save_checkpoint(checkpoint, net, opt, history, epoch + 1, extra)
         if epoch + 1 in snapshots:

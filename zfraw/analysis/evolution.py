@@ -189,7 +189,7 @@ def load_snapshots(source, like=None):
     for path in [os.fspath(p) for p in source]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"snapshots: {path!r} does not exist")
-        net = nn.load(path).astype(np.float32).eval()
+        net = nn.load(path, allow_float16=True).astype(np.float32).eval()
         _check_like(net, like, path)
         extra = nn.read_meta(path).get("extra", {})
         records.append((int(extra.get("epoch", _epoch_from_name(path))), net, extra))
