@@ -41,8 +41,8 @@ __all__ = ["Evolution", "evolution", "load_snapshots", "pack_snapshots", "builti
 SNAPSHOTS = "zfnet_mini_snapshots.npz"
 
 #: how the shipped snapshots were made (shown under the demo's figure)
-BUILTIN_NOTE = ("Epochs 1 to 5 come from a rerun of the built-in model's recipe (zfraw train --builtin "
-                "--snapshots 1,2,3,4,5) on a busy shared 2-core machine, stopped after epoch 5 for time; epoch 20 "
+BUILTIN_NOTE = ("Epochs 1 to 5 come from a rerun of the built-in model's recipe (the first five epochs of "
+                "zfraw train --builtin) on a busy shared 2-core machine, stopped after epoch 5 for time; epoch 20 "
                 "is the shipped model, trained from the same seeds on the development machine. The two runs share "
                 "recipe and seeds but not every bit (the BLAS rounds differently on another CPU), so the last "
                 "column comes from a sister run of the same training.")
