@@ -7,7 +7,6 @@ and a per-image forward.
 """
 import os
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -50,8 +49,12 @@ def keep_backend():
 
 @pytest.fixture(scope="module")
 def client():
-    with dd.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
-            dd.Client(local) as c:
+    import warnings
+
+    with warnings.catch_warnings():  # another session's cluster may hold Dask's default HTTP port
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        local = dd.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with local, dd.Client(local) as c:
         yield c
 
 

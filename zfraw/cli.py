@@ -93,10 +93,11 @@ def feature_list(text):
 # ============================================================== shared helpers
 
 def _add_dask(p):
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="scan on a local Dask cluster of N worker processes (needs zfraw[dask]; default: no cluster)")
-    p.add_argument("--scheduler", default=None, help="scan on an existing Dask cluster at this address (default: none)")
-    p.add_argument("--shard-dir", default=None,
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="scan on an existing Dask cluster at this address (default: none)")
+    p.add_argument("--shard-dir", default=None, metavar="DIR",
                    help="with --workers/--scheduler: keep each finished shard here; run again to resume "
                         "(default: none)")
 

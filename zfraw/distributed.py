@@ -40,7 +40,8 @@ from zfraw import data
 from zfraw._args import int_arg
 from zfraw.analysis import topk
 from zfraw.backend import get_backend, use_backend
-from zfraw.nn import Sequential, atomic_write
+from zfraw.io.npz import atomic_write
+from zfraw.nn import Sequential
 
 __all__ = ["INSTALL_HINT", "require_dask", "cluster", "worker_net", "map_items", "map_images", "scan",
            "scanner", "shard_plan", "occlusion_folder", "correspondence_sets"]
@@ -150,7 +151,7 @@ def _warn_again(messages):
         warnings.warn(message, category, stacklevel=4)
 
 
-def _as_completed_ordered(client, fn, net, items, threads, kwargs, progress, desc, on_result=None):
+def _submit_and_collect(client, fn, net, items, threads, kwargs, progress, desc):
     """Submit ``fn(net, item, **kwargs)`` for every item to the workers; yield (position, result)
     as each finishes (a tqdm bar over finished items), raising its warnings here."""
     dd = require_dask()
@@ -196,7 +197,7 @@ def map_items(fn, net, items, *, client, threads=1, progress=True, desc="tasks",
     Returns the results in the order of ``items``.
     """
     out = [None] * len(items)
-    for pos, result in _as_completed_ordered(client, fn, net, items, threads, kwargs, progress, desc):
+    for pos, result in _submit_and_collect(client, fn, net, items, threads, kwargs, progress, desc):
         out[pos] = result
     return out
 
@@ -228,7 +229,7 @@ def map_images(fn, net, dataset, *, client, indices=None, transform=None, batch_
     list of (idx int64 (B,), result)
         One entry per batch, in the order of ``indices``.
     """
-    order = _indices(dataset, indices)
+    order = topk.scan_indices(dataset, indices=indices)
     batch_size = int_arg("batch_size", batch_size, 1)
     chunk = _chunk_size(chunk_size, len(order), batch_size, _n_workers(client))
     chunks = [order[s:s + chunk] for s in range(0, len(order), chunk)]
@@ -236,14 +237,6 @@ def map_images(fn, net, dataset, *, client, indices=None, transform=None, batch_
                           desc="images", dataset=dataset, transform=transform, image_fn=fn, batch_size=batch_size,
                           fn_kwargs=fn_kwargs)
     return [pair for results in per_chunk for pair in results]
-
-
-def _indices(dataset, indices):
-    n = data.dataset_length(dataset)
-    order = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-    if len(order) and (order.min() < 0 or order.max() >= n):
-        raise IndexError(f"indices: expected dataset indices in [0, {n}), got {order.min()} .. {order.max()}")
-    return order
 
 
 def _n_workers(client):
@@ -344,7 +337,7 @@ def _fingerprint(net, dataset, layers, k, order, shard_size, batch_size):
     files = hashlib.sha256("\n".join(getattr(dataset, "paths", [])).encode()).hexdigest()
     return dict(format="zfraw-topk-shards-1", net=net.name, weights_sha256=h.hexdigest(), layers=list(layers),
                 k=int(k), n_images=int(len(order)), order_sha256=hashlib.sha256(order.tobytes()).hexdigest(),
-                dataset=type(dataset).__name__, dataset_len=int(len(dataset)), files_sha256=files,
+                dataset=repr(dataset), dataset_len=int(len(dataset)), files_sha256=files,
                 shard_size=int(shard_size), batch_size=int(batch_size))
 
 
@@ -402,11 +395,7 @@ def scan(net, dataset, layers, k=9, batch_size=64, transform=None, *, client, li
         raise ValueError("layers: expected at least one layer name")
     k = int_arg("k", k, 1)
     batch_size = int_arg("batch_size", batch_size, 1)
-    order = _indices(dataset, indices)
-    if limit is not None:
-        order = order[:int_arg("limit", limit, 0)]
-    if len(np.unique(order)) != len(order):
-        raise ValueError("indices: each dataset index may appear only once")
+    order = topk.scan_indices(dataset, limit, indices)
     if shard_size is None and shard_dir is not None and os.path.exists(os.path.join(shard_dir, MANIFEST)):
         with open(os.path.join(shard_dir, MANIFEST), encoding="utf-8") as fh:
             shard_size = json.load(fh).get("shard_size")  # resume with the plan the folder was made with
@@ -428,7 +417,7 @@ def scan(net, dataset, layers, k=9, batch_size=64, transform=None, *, client, li
         else:
             todo.append(j)
     if todo:
-        for pos, part in _as_completed_ordered(client, _scan_shard, net, [order[plan[j][0]:plan[j][1]] for j in todo],
+        for pos, part in _submit_and_collect(client, _scan_shard, net, [order[plan[j][0]:plan[j][1]] for j in todo],
                                                threads, dict(dataset=dataset, layers=layers, k=k,
                                                              batch_size=batch_size, transform=transform),
                                                progress, f"top-{k} shards"):

@@ -216,6 +216,9 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
     layers = [net.check_layer(lyr) for lyr in ([layers] if isinstance(layers, str) else layers)]
     if not callable(transform):
         raise TypeError(f"transform: expected a callable, got {type(transform).__name__}")
+    if scan_layers is not None and not callable(scan_layers):
+        raise TypeError(f"scan_layers: expected a function like zfraw.analysis.topk.scan_layers, got "
+                        f"{type(scan_layers).__name__}")
     features_per_layer = int_arg("features_per_layer", features_per_layer, 1)
     n_images = min(int_arg("n_images", n_images, 1), data.dataset_length(dataset))
     if n_images == 0:

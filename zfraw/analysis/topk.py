@@ -37,10 +37,12 @@ import numpy as np
 from zfraw import data
 from zfraw._args import int_arg
 from zfraw.backend import get_backend, to_host
-from zfraw.nn import Sequential, atomic_savez
+from zfraw.io.npz import atomic_savez
+from zfraw.nn import Sequential
 
 __all__ = ["Activation", "TopK", "CHOOSE_MODES", "image_maxima", "scan_layers", "choose_features",
-           "check_features", "feature_records", "top_activations", "ScanResult", "scan", "merge"]
+           "check_features", "feature_records", "top_activations", "ScanResult", "scan", "scan_indices",
+           "merge"]
 
 #: how :func:`choose_features` picks features when none are given
 CHOOSE_MODES = ("top", "spread")
@@ -158,8 +160,9 @@ def scan_layers(net, dataset, layers, k=9, batch_size=64, transform=None, progre
     return scan(net, dataset, layers, k, batch_size, transform, progress, limit, indices).layer_stores()
 
 
-def _scan_order(dataset, limit, indices):
-    """The dataset indices a scan covers: ``indices`` (default all) cut to the first ``limit``."""
+def scan_indices(dataset, limit=None, indices=None):
+    """The dataset indices a scan covers, int64 (M,): ``indices`` (default all; negative ones
+    count from the end; each at most once) cut to the first ``limit``."""
     n = data.dataset_length(dataset)
     order = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
     if limit is not None:
@@ -186,7 +189,7 @@ def scan(net, dataset, layers, k=9, batch_size=64, transform=None, progress=Fals
         raise ValueError("layers: expected at least one layer name")
     k = int_arg("k", k, 1)
     batch_size = int_arg("batch_size", batch_size, 1)
-    order = _scan_order(dataset, limit, indices)
+    order = scan_indices(dataset, limit, indices)
     deepest = max(layers, key=net.names.index)
     stores = {lyr: TopK(k) for lyr in layers}
     widths = dict.fromkeys(layers)
