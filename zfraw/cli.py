@@ -705,6 +705,9 @@ def _class_index(text, classes, n_classes):
 def _check_output(path, suffixes):
     """Refuse an output path that cannot be written, before any long work (``suffixes``: one or a tuple)."""
     check_output_file(path, "-o/--output", [suffixes] if isinstance(suffixes, str) else list(suffixes))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o/--output {path!r}: the folder {folder!r} does not exist; create it or choose another")
 
 
 def cmd_occlude(args):
