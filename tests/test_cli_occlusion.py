@@ -67,7 +67,7 @@ def test_occlude_with_a_wrong_argument_exits_2_without_a_traceback(weights, tmp_
 
 @pytest.mark.parametrize("args, word", [
     (["--stride", "0"], "stride"), (["--layer", "conv9"], "conv9"), (["--target", "dog"], "--target"),
-    (["--feature", "4"], "feature"), (["-o", "no/such/dir.png"], "-o"), (["-o", "x.jpg"], "-o"),
+    (["--feature", "4"], "feature"), (["-o", "img.png/x.png"], "-o"), (["-o", "x.jpg"], "-o"),  # in a file
 ])
 def test_occlude_errors_in_process(weights, tmp_path, capsys, monkeypatch, args, word):
     monkeypatch.chdir(tmp_path)

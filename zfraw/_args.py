@@ -21,6 +21,17 @@ def pair_arg(name, v, minimum):
     return v, v
 
 
+def layers_arg(name, layers, net):
+    """A layer name or a sequence of them -> a non-empty list of layers of ``net``; ValueError naming ``name``."""
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        raise ValueError(f"{name} must name at least one layer, got none")
+    for lyr in layers:
+        if lyr not in net.layers:
+            raise ValueError(f"{name}: {lyr!r} is not a layer of this network; its layers are {', '.join(net.names)}")
+    return layers
+
+
 def shape_arg(name, v, lengths, minimum=1):
     """A shape given as a tuple/list of ints -> tuple of ints, each >= ``minimum``.
 

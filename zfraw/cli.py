@@ -100,7 +100,7 @@ def feature_list(text):
 # ============================================================== shared helpers
 
 def _add_dask(p):
-    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="scan on a local Dask cluster of N worker processes (needs zfraw[dask]; default: no cluster)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="scan on an existing Dask cluster at this address (default: none)")
@@ -398,6 +398,40 @@ def _forbid(args, option, names, reason):
 
 # ============================================================== commands
 
+def _demo_sections(net, ds, transform, model_classes, builtin_weights):
+    """The demo's sections for invariance (fig. 5), feature evolution (fig. 4) and the first layer (fig. 6).
+
+    The invariance curves follow the images' true class when the model's classes are the
+    dataset's, else its prediction; the evolution section needs the built-in model's snapshots.
+    """
+    from functools import partial
+
+    from zfraw import nn, report, to_device
+    from zfraw.analysis import evolution as evo
+    from zfraw.analysis import first_layer as fl
+
+    first = {}
+    for i, label in enumerate(np.asarray(ds.labels).tolist()):
+        first.setdefault(label, i)
+    picks = [first[c] for c in (2, 1, 4, 3) if c in first] or [0]  # a face, a car, a star, a house
+    x = np.stack([transform(ds[i][0]) for i in picks]).astype(np.float32)
+    same_classes = model_classes is not None and list(model_classes) == list(ds.classes)
+    target = np.asarray([ds.labels[i] for i in picks], dtype=np.int64) if same_classes else None
+    sections = [partial(report.invariance_section, net=net, x=x, labels=[ds.classes[ds.labels[i]] for i in picks],
+                        target=target)]
+    if builtin_weights and os.path.exists(evo.builtin_snapshots_path()):
+        epochs, nets, _ = evo.load_snapshots(evo.builtin_snapshots_path(), like=net)
+        image_set = np.stack([transform(ds[i][0]) for i in range(min(100, len(ds)))]).astype(np.float32)
+        sections.append(partial(report.evolution_section, snapshots=(epochs, [to_device(n) for n in nets]),
+                                x=image_set, note=evo.BUILTIN_NOTE))
+    convs = [lyr for _, lyr in net if isinstance(lyr, nn.Conv2d)]
+    if len(convs) >= 2 and convs[0].in_channels == 3:
+        name = "built-in zfnet_mini" if builtin_weights else net.name
+        sections.append(lambda img_dir: report.first_layer_section(
+            img_dir, {name: fl.first_layer_report(net, ds, transform, limit=min(200, len(ds)))}))
+    return sections
+
+
 def cmd_check(args):
     from zfraw import checks
 
@@ -427,6 +461,8 @@ def cmd_demo(args):
             model_classes=model_classes, features_per_layer=args.features, n_images=args.images,
             progress=not args.quiet, title=title, description=f"The model: {label}.", scan_layers=scan_layers,
             occlusion=True, correspondence=True,
+            sections=_demo_sections(net, ds, data.eval_transform(side, side, mean), model_classes,
+                                    builtin_weights=args.weights is None),
         )
     print(f"wrote {index} ({time.perf_counter() - t0:.0f} s on backend {backend!r}); open it in a browser")
     return 0
@@ -441,16 +477,20 @@ def cmd_train(args):
 def _train_builtin(args):
     from zfraw import builtin
 
-    _forbid(args, "--builtin", ("data", "val", "model", "size", "lr", "batch_size", "weight_decay", "init",
+    _forbid(args, "--builtin", ("data", "val", "size", "lr", "batch_size", "weight_decay", "init",
                                 "patience", "seed"),
             "--builtin trains the shipped model with its own recipe (see zfraw.builtin.RECIPE)")
-    out = _train_outputs(args, "zfnet_mini.npz")
+    model = args.model or "zfnet_mini"
+    if model not in ("zfnet_mini", "alexnet_mini"):
+        raise UsageError(f"--builtin trains --model zfnet_mini or alexnet_mini (AlexNet's first layer, for "
+                         f"zfraw compare-first-layer), not {model}")
+    out = _train_outputs(args, f"{model}.npz")
     backend = _select_backend(args.backend)
-    print(f"training the built-in zfnet_mini on backend {backend!r} -> {out}")
+    print(f"training the built-in {model} on backend {backend!r} -> {out}")
     t0 = time.perf_counter()
     history = builtin.train_builtin(out, epochs=args.epochs, n_train_per_class=args.n_per_class,
                                     checkpoint=args.checkpoint, resume=args.resume, snapshots=args.snapshots,
-                                    snapshot_dir=_snapshot_dir(args, out) if args.snapshots else None)
+                                    snapshot_dir=_snapshot_dir(args, out) if args.snapshots else None, model=model)
     print(f"held-out accuracy {history.val_acc[-1]:.3f} after {time.perf_counter() - t0:.0f} s; saved {out}")
     return 0
 
@@ -1220,8 +1260,8 @@ def build_parser():
     s.add_argument("--data", metavar="DIR", help="a folder of class folders to train on (default: none; give it or --builtin)")
     s.add_argument("--val", metavar="DIR", help="a folder with the same class folders, for validation; the saved "
                    "model is then the one with the best validation accuracy (default: none)")
-    s.add_argument("--model", default=None, choices=["zfnet_mini", "zfnet", "alexnet"],
-                   help="the network (default: zfnet_mini, 64x64 input)")
+    s.add_argument("--model", default=None, choices=["zfnet_mini", "alexnet_mini", "zfnet", "alexnet"],
+                   help="the network (default: zfnet_mini, 64x64 input; with --builtin zfnet_mini or alexnet_mini)")
     s.add_argument("--init", default=None, choices=sorted(INITS),
                    help="he: N(0, 2/fan_in) everywhere; builtin: the same but conv1 N(0, 1e-2) (the built-in "
                         "model's); paper: N(0, 1e-2) everywhere (default: he)")

@@ -155,26 +155,8 @@ def zfnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256, 
     1e-2 there: a short training run cannot wash a large random start out of the
     first layer's filters, which would then look like noise).
     """
-    num_classes = _check_classes(num_classes)
-    if len(widths) != 5:
-        raise ValueError(f"widths must give 5 conv widths, got {widths!r}")
-    c1, c2, c3, c4, c5 = (int(w) for w in widths)
-    s = _Seeds(seed)
-    conv_layers = [
-        ("conv1", _conv(s, 3, c1, 7, 2, 3, std=init_std if first_init_std is None else first_init_std)),
-        ("relu1", ReLU()),
-        ("pool1", MaxPool2d(3, 2, ceil_mode=True)), ("norm1", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
-        ("conv2", _conv(s, c1, c2, 5, 1, 2, std=init_std)), ("relu2", ReLU()),
-        ("pool2", MaxPool2d(3, 2, ceil_mode=True)), ("norm2", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
-        ("conv3", _conv(s, c2, c3, 3, 1, 1, std=init_std)), ("relu3", ReLU()),
-        ("conv4", _conv(s, c3, c4, 3, 1, 1, std=init_std)), ("relu4", ReLU()),
-        ("conv5", _conv(s, c4, c5, 3, 1, 1, std=init_std)), ("relu5", ReLU()),
-        ("pool5", MaxPool2d(3, 2, ceil_mode=True)),
-    ]
-    side = _pooled_side(conv_layers, input_size)
-    layers = conv_layers + _classifier(s, c5 * side * side, hidden, num_classes, dropout, std=init_std)
-    return Sequential(layers, input_shape=(3, input_size, input_size), name="zfnet_mini")
-
+    return _mini("zfnet_mini", (7, 2, 3), MaxPool2d(3, 2, ceil_mode=True), num_classes, seed, widths, hidden,
+                 input_size, dropout, init_std, first_init_std)
 
 def alexnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256, input_size=64,
                  dropout=0.5, init_std=INIT_STD, first_init_std=None):
@@ -192,15 +174,21 @@ def alexnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256
     two nets differ only in the first layer's filter size and stride (and in a
     parameter-free pooling stride).  Arguments as in :func:`zfnet_mini`.
     """
+    return _mini("alexnet_mini", (11, 4, 5), MaxPool2d(3, 1, pad=1), num_classes, seed, widths, hidden,
+                 input_size, dropout, init_std, first_init_std)
+
+
+def _mini(name, first, pool1, num_classes, seed, widths, hidden, input_size, dropout, init_std, first_init_std):
+    """The small ZFNet-shaped net with conv1 of geometry ``first`` = (kernel, stride, pad) and ``pool1``."""
     num_classes = _check_classes(num_classes)
     if len(widths) != 5:
         raise ValueError(f"widths must give 5 conv widths, got {widths!r}")
     c1, c2, c3, c4, c5 = (int(w) for w in widths)
     s = _Seeds(seed)
     conv_layers = [
-        ("conv1", _conv(s, 3, c1, 11, 4, 5, std=init_std if first_init_std is None else first_init_std)),
+        ("conv1", _conv(s, 3, c1, *first, std=init_std if first_init_std is None else first_init_std)),
         ("relu1", ReLU()),
-        ("pool1", MaxPool2d(3, 1, pad=1)), ("norm1", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
+        ("pool1", pool1), ("norm1", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
         ("conv2", _conv(s, c1, c2, 5, 1, 2, std=init_std)), ("relu2", ReLU()),
         ("pool2", MaxPool2d(3, 2, ceil_mode=True)), ("norm2", LocalResponseNorm(5, 1e-4, 0.75, 2.0)),
         ("conv3", _conv(s, c2, c3, 3, 1, 1, std=init_std)), ("relu3", ReLU()),
@@ -210,8 +198,7 @@ def alexnet_mini(num_classes=10, seed=0, widths=(32, 64, 96, 96, 64), hidden=256
     ]
     side = _pooled_side(conv_layers, input_size)
     layers = conv_layers + _classifier(s, c5 * side * side, hidden, num_classes, dropout, std=init_std)
-    return Sequential(layers, input_shape=(3, input_size, input_size), name="alexnet_mini")
-
+    return Sequential(layers, input_shape=(3, input_size, input_size), name=name)
 
 def _pooled_side(layers, size):
     """Spatial side after the windowed layers of ``layers`` for a size x size input."""

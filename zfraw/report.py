@@ -41,7 +41,7 @@ from zfraw.backend import get_backend
 from zfraw.nn import Conv2d, Sequential
 
 __all__ = ["write_report", "describe_dataset", "DEFAULT_LAYERS", "occlusion_section", "correspondence_section",
-           "rectified_top_conv"]
+           "rectified_top_conv", "invariance_section", "evolution_section", "first_layer_section"]
 
 DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -157,7 +157,7 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
                  features_per_layer=4, n_images=1000, batch_size=64, progress=True,
                  title="What the layers respond to: deconvnet projections", how="top", k=9,
                  n_examples=3, rule="deconvnet", description=None, scan_layers=None, occlusion=False,
-                 correspondence=False, model_classes=None, about_images=None):
+                 correspondence=False, model_classes=None, about_images=None, sections=()):
     """Write an HTML report of the deconvnet visualizations of ``net`` over ``dataset``.
 
     Parameters
@@ -205,6 +205,11 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
         A paragraph (plain text) that says what the images are (default: a
         description built from the dataset: the procedural dataset, the
         folder, and the class list).
+    sections : sequence of callables, optional
+        More sections after the layers: each is called as ``section(img_dir)``
+        and returns ``(anchor, html)`` (e.g. :func:`invariance_section`,
+        :func:`evolution_section`, :func:`first_layer_section` with their
+        data bound by :func:`functools.partial`).
 
     Returns
     -------
@@ -240,6 +245,12 @@ def write_report(out_dir, net, dataset, transform, mean, classes=None, layers=DE
                                         n_images, batch_size, progress, how, k, n_examples, rule,
                                         scan_layers or V.scan_layers, occlusion, correspondence,
                                         model_classes=model_classes, about_images=about_images)
+        t0 = time.perf_counter()
+        for section in sections:
+            anchor, part = section(os.path.join(tmp, "img"))
+            anchors.append(anchor)
+            body += "\n" + part
+        seconds += time.perf_counter() - t0
         page = _page(title, description, net, n_images, body, seconds, rule, anchors)
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as fh:
             fh.write(page)
@@ -436,6 +447,91 @@ computed in {seconds:.1f} s by zfraw. {toc}</p>
 </body>
 </html>
 """
+
+
+# ============================================================== the paper's other experiments
+
+def _save_to(img_dir, picture, name):
+    picture.save(os.path.join(img_dir, name), optimize=False)
+    return f"img/{name}"
+
+
+def invariance_section(img_dir, net, x, labels, target=None, transforms=("translate", "scale", "rotate"),
+                       layers=None, amounts=None):
+    """Fig. 5: how the features and the class probability change as images move, grow and turn.
+
+    x (N, 3, H, W) preprocessed images, labels: one name per image (for the
+    legend), target: their true classes (N,) (default: the predictions);
+    layers default to the first and last conv layers and the last hidden fc
+    layer.  Returns ``(anchor, html)``.
+    """
+    from zfraw.analysis import invariance as inv
+    from zfraw.render.invariance import invariance_figure
+
+    layers = list(layers or inv.default_layers(net))
+    amounts = amounts or {"translate": range(-20, 21, 4), "scale": np.round(np.arange(0.5, 1.55, 0.1), 2),
+                          "rotate": range(0, 361, 30)}
+    parts = ["<h2 id=\"invariance\">Invariance to translation, scale and rotation</h2>",
+             f"<p>Each image is shifted down (or up), scaled about its centre, or rotated, and at each step we "
+             f"measure how far the feature vector of {_esc(', '.join(layers))} moved from the original's "
+             f"(the distance divided by the original's length, so that layers of different sizes can be "
+             f"compared) and the probability the network gives the image's class (fig. 5 of the paper). "
+             f"A small distance means the layer does not care about the change: the first layer reacts to every "
+             f"shift, while the top layers and the class should stay steady over small shifts and scalings; "
+             f"rotation is different, except for objects that look the same when turned (a star, a ring). "
+             f"Pixels that come from outside the image are the dataset mean.</p>"]
+    for t in transforms:
+        result = inv.invariance(net, x, t, amounts[t], layers, target=target)
+        picture = invariance_figure(result, layers, kind="relative", labels=labels)
+        src = _save_to(img_dir, picture, f"invariance_{t}.png")
+        parts.append(f"<figure><img src=\"{src}\" alt=\"invariance to {_esc(t)}\"><figcaption>{_esc(t)}: "
+                     f"{_esc(inv.UNITS[t])} against the relative feature distance per layer and the probability "
+                     f"of the image's class; one line per image.</figcaption></figure>")
+    return "invariance", "\n".join(parts)
+
+
+def evolution_section(img_dir, snapshots, x, n_features=3, note=None):
+    """Fig. 4: the strongest feature maps of each conv layer at training snapshots.
+
+    snapshots: (epochs, nets[, extra]) from :func:`zfraw.analysis.evolution.load_snapshots`;
+    x (N, 3, H, W) the fixed image set.  Returns ``(anchor, html)``.
+    """
+    from zfraw.analysis import evolution as evo
+    from zfraw.render.evolution import evolution_figure
+
+    result = evo.evolution(snapshots, x, n_features=n_features)
+    src = _save_to(img_dir, evolution_figure(result), "evolution.png")
+    epochs = ", ".join(str(e) for e in result.epochs)
+    text = (f"<h2 id=\"evolution\">Feature evolution during training</h2><p>The same network saved after epochs "
+            f"{_esc(epochs)} of its training. For {n_features} feature maps of each conv layer (the most active "
+            f"ones at the end) we find, at every epoch, the strongest activation over the same {len(x)} images and "
+            f"project it to pixels; each row follows one feature from left (early) to right (late). In the paper "
+            f"the lower layers settle within a few epochs and the upper ones only after many: look for the epoch "
+            f"where a row stops changing.</p>")
+    if note:
+        text += f"<p class=\"note\">{_esc(note)}</p>"
+    return "evolution", text + f"<figure><img src=\"{src}\" alt=\"feature evolution\"></figure>"
+
+
+def first_layer_section(img_dir, reports):
+    """Fig. 6: first-layer filters and conv2 top-9 projections of networks, with the two numbers.
+
+    reports: name -> :class:`zfraw.analysis.first_layer.FirstLayerReport`.  Returns ``(anchor, html)``.
+    """
+    from zfraw.render.first_layer import first_layer_figure, report_line
+
+    rep = next(iter(reports.values()))
+    src = _save_to(img_dir, first_layer_figure(reports), "first_layer.png")
+    lines = "".join(f"<li>{_esc(report_line(name, r))}</li>" for name, r in reports.items())
+    return "first-layer", (
+        f"<h2 id=\"first-layer\">The first layer: dead filters and aliasing</h2><p>Zeiler &amp; Fergus changed "
+        f"AlexNet's first layer (11x11 filters, stride 4) to 7x7 with stride 2 because its filters were partly "
+        f"dead and its second layer showed aliasing: grid-like high-frequency artifacts from the large stride "
+        f"(fig. 6). Two numbers check a network for both: the share of first-layer filters whose RMS is below "
+        f"{rep.dead['threshold']:g} times the median filter's, and the share of the power of the {_esc(rep.layer2)} "
+        f"top-9 projections at spatial frequencies above {rep.cutoff:g} times the Nyquist frequency (patterns "
+        f"finer than 4 pixels). Low numbers mean healthy filters and smooth projections.</p><ul>{lines}</ul>"
+        f"<figure><img src=\"{src}\" alt=\"first-layer filters and conv2 projections\"></figure>")
 
 
 # --------------------------------------------------------------------------- occlusion (fig. 7)

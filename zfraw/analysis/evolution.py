@@ -31,14 +31,21 @@ from typing import NamedTuple
 import numpy as np
 
 from zfraw import deconvnet, nn
-from zfraw._args import int_arg
+from zfraw._args import int_arg, layers_arg
 from zfraw.backend import get_backend, to_host
 
 __all__ = ["Evolution", "evolution", "load_snapshots", "pack_snapshots", "builtin_snapshots_path",
-           "conv_layers", "SNAPSHOTS"]
+           "conv_layers", "SNAPSHOTS", "BUILTIN_NOTE"]
 
 #: file name of the built-in model's packed snapshots inside the package
 SNAPSHOTS = "zfnet_mini_snapshots.npz"
+
+#: how the shipped snapshots were made (shown under the demo's figure)
+BUILTIN_NOTE = ("Epochs 1 to 5 come from a rerun of the built-in model's recipe (the first five epochs of "
+                "zfraw train --builtin) on a busy shared 2-core machine, stopped after epoch 5 for time; epoch 20 "
+                "is the shipped model, trained from the same seeds on the development machine. The two runs share "
+                "recipe and seeds but not every bit (the BLAS rounds differently on another CPU), so the last "
+                "column comes from a sister run of the same training.")
 
 _PACK_KEY = "__zfraw_snapshots__"
 _EPOCH_FILE = re.compile(r"epoch(\d+)\.npz$")
@@ -270,7 +277,7 @@ def evolution(snapshots, x, layers=None, features=None, n_features=4, *, rule="d
     x : array (N, C, H, W)
         The fixed image set, preprocessed (the same at every epoch).
     layers : sequence of str, optional
-        Conv layers to follow (default: every conv layer).
+        Conv layers to follow (default: the layers of ``features``, else every conv layer).
     features : dict, optional
         layer -> feature indices to follow; default: per layer the
         ``n_features`` maps with the strongest activation over ``x`` at the
@@ -290,13 +297,10 @@ def evolution(snapshots, x, layers=None, features=None, n_features=4, *, rule="d
     if not nets or len(epochs) != len(nets):
         raise ValueError("snapshots must hold one network per epoch, at least one")
     net0 = nets[-1]
-    layers = conv_layers(net0) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
-    if not layers:
-        raise ValueError("layers must name at least one layer, got none")
+    if layers is None:
+        layers = list(features) if isinstance(features, dict) else conv_layers(net0)
+    layers = layers_arg("layers", layers, net0)
     for lyr in layers:
-        if lyr not in net0.layers:
-            raise ValueError(f"layers: {lyr!r} is not a layer of the snapshots; their layers are "
-                             f"{', '.join(net0.names)}")
         if not isinstance(net0[lyr], nn.Conv2d):
             raise ValueError(f"layers: {lyr!r} is not a conv layer (feature evolution follows conv feature maps)")
     n_features = int_arg("n_features", n_features, 1)

@@ -22,8 +22,6 @@ two numbers for it:
 """
 from __future__ import annotations
 
-import os
-from importlib import resources
 from typing import NamedTuple
 
 import numpy as np
@@ -33,11 +31,8 @@ from zfraw import visualize as V
 from zfraw._args import int_arg
 from zfraw.backend import get_backend, to_host
 
-__all__ = ["dead_filters", "high_frequency_share", "first_layer_report", "FirstLayerReport", "builtin_models",
-           "alexnet_weights_path", "DEAD_THRESHOLD", "HF_CUTOFF", "ALEXNET_WEIGHTS"]
-
-#: file name of the shipped alexnet_mini weights inside the package
-ALEXNET_WEIGHTS = "alexnet_mini.npz"
+__all__ = ["dead_filters", "high_frequency_share", "first_layer_report", "FirstLayerReport",
+           "DEAD_THRESHOLD", "HF_CUTOFF"]
 
 #: a filter is dead when its RMS is below this fraction of the median filter RMS
 DEAD_THRESHOLD = 0.1
@@ -164,36 +159,3 @@ def first_layer_report(net, dataset, transform, *, n_features=4, k=9, limit=200,
     return FirstLayerReport(w, dead_filters(w, threshold), layer2, records, projections, boxes, shares,
                             mean_share, float(cutoff))
 
-
-def alexnet_weights_path():
-    """Where the shipped ``alexnet_mini`` weights live (inside the installed package)."""
-    return str(resources.files("zfraw").joinpath("weights", ALEXNET_WEIGHTS))
-
-
-def builtin_models():
-    """The two shipped networks of the comparison, trained with one recipe for the same epochs.
-
-    ``alexnet_mini`` (:func:`zfraw.models.alexnet_mini`, ``zfraw/weights/alexnet_mini.npz``,
-    stored in float16) and ``zfnet_mini`` at the same epoch, taken from the
-    built-in model's training snapshots (:mod:`zfraw.analysis.evolution`).
-
-    Returns
-    -------
-    dict
-        name -> (net, mean (3,)), AlexNet's geometry first.
-    """
-    from zfraw.analysis import evolution
-
-    path = alexnet_weights_path()
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"the alexnet_mini weights {path!r} are missing; rebuild them with "
-                                f"zfraw.builtin.train_builtin(out, model='alexnet_mini')")
-    alex = nn.load(path, allow_float16=True).eval()
-    meta = nn.read_meta(path)["extra"]
-    epoch = int(meta.get("recipe", {}).get("epochs", 0))
-    epochs, nets, extra = evolution.load_snapshots(evolution.builtin_snapshots_path())
-    if epoch not in epochs:
-        raise ValueError(f"the built-in snapshots have epochs {epochs}, not epoch {epoch} of alexnet_mini")
-    zf = nets[epochs.index(epoch)]
-    return {f"alexnet_mini (11x11 stride 4, epoch {epoch})": (alex, np.asarray(meta["mean"], dtype=np.float32)),
-            f"zfnet_mini (7x7 stride 2, epoch {epoch})": (zf, np.asarray(extra["mean"], dtype=np.float32))}

@@ -29,10 +29,11 @@ import numpy as np
 import scipy.ndimage
 
 from zfraw import functional as F
+from zfraw._args import layers_arg
 from zfraw.backend import get_backend, to_host
-from zfraw.nn import Sequential
+from zfraw.nn import Conv2d, Linear, Sequential
 
-__all__ = ["invariance", "transform_images", "TRANSFORMS", "IDENTITY", "UNITS"]
+__all__ = ["invariance", "transform_images", "default_layers", "TRANSFORMS", "IDENTITY", "UNITS"]
 
 #: the transforms :func:`invariance` knows
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -106,6 +107,14 @@ def transform_images(x, transform, amount):
     return out
 
 
+def default_layers(net):
+    """The layers fig. 5 follows: the first and the last conv layer and the last hidden fc layer
+    (conv1, conv5 and fc7 of ZFNet), those that exist."""
+    convs = [n for n, lyr in net if isinstance(lyr, Conv2d)]
+    fcs = [n for n, lyr in net if isinstance(lyr, Linear)]
+    return list(dict.fromkeys(convs[:1] + convs[-1:] + fcs[-2:-1]))
+
+
 def _targets(target, predicted, n, num_classes):
     if target is None:
         return predicted
@@ -163,7 +172,7 @@ def invariance(net, x, transform, amounts, layers, *, target=None, progress=Fals
     dict
         ``layer -> {"distance": (N, A), "relative": (N, A)}`` for each layer,
         ``"probability" -> (N, A)``, and ``"target" -> (N,)``, ``"amounts" -> (A,)``,
-        ``"transform"`` (A = len(amounts)).  ``distance`` is the Euclidean
+        ``"transform"``, ``"target_is_prediction"`` (A = len(amounts)).  ``distance`` is the Euclidean
         distance between the feature vectors of the original and the
         transformed image, ``relative`` the same divided by the original's norm
         (NaN where that norm is 0).
@@ -172,13 +181,7 @@ def invariance(net, x, transform, amounts, layers, *, target=None, progress=Fals
         raise TypeError(f"net must be a zfraw.nn.Sequential, got {type(net).__name__}")
     transform = _check_transform(transform)
     amounts = _check_amounts(amounts, transform)
-    layers = [layers] if isinstance(layers, str) else list(layers)
-    if not layers:
-        raise ValueError("layers must name at least one layer, got none")
-    for lyr in layers:
-        if lyr not in net.layers:
-            raise ValueError(f"layers: {lyr!r} is not a layer of this network; its layers are "
-                             f"{', '.join(net.names)}")
+    layers = layers_arg("layers", layers, net)
     x = np.asarray(to_host(x))
     if x.ndim != 4 or len(x) == 0:
         raise ValueError(f"x must be images (N, C, H, W) with N >= 1, got shape {x.shape}")
@@ -209,5 +212,6 @@ def invariance(net, x, transform, amounts, layers, *, target=None, progress=Fals
     finally:
         net.train(was_training)
         net.clear()
-    result.update(probability=probability, target=targets, amounts=np.asarray(amounts), transform=transform)
+    result.update(probability=probability, target=targets, amounts=np.asarray(amounts), transform=transform,
+                  target_is_prediction=target is None)
     return result

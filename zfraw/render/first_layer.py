@@ -57,7 +57,8 @@ def first_layer_figure(reports, filter_scale=5, cell=40):
     rows = []
     for name, rep in reports.items():
         k = rep.filters.shape[-1]
-        filters = V.filters_image(rep.filters, scale=max(1, int(round(filter_scale * 11 / k))))
+        filters = V.filters_image(rep.filters, ncols=int(math.ceil(math.sqrt(2 * len(rep.filters)))),
+                                  scale=max(1, int(round(filter_scale * 11 / k))))
         panels = [V.caption(filters, f"conv1 filters ({rep.filters.shape[-1]}x{rep.filters.shape[-1]})", size=11)]
         for f in rep.projections:
             panels.append(V.caption(_projection_grid(rep, f, cell), f"{rep.layer2} feature {f}", size=11))

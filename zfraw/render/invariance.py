@@ -79,7 +79,8 @@ def invariance_figure(result, layers=None, kind="relative", labels=None, title=N
         ax.set_ylabel(ylabel, fontsize=8)
     ax = axes[-1]
     lines = [ax.plot(amounts, prob[i], marker=".", linewidth=1.2)[0] for i in range(n)]
-    ax.set_title("probability of the true class", fontsize=9)
+    ax.set_title("probability of the " + ("predicted" if result.get("target_is_prediction") else "true")
+                 + " class", fontsize=9)
     ax.set_ylim(-0.03, 1.03)
     for ax in axes:
         ax.set_xlabel(UNITS[transform], fontsize=8)
