@@ -115,32 +115,38 @@ def conv_tiles(n, ho, wo, column_bytes):
 
     ``column_bytes`` is the size of one im2col column (C*kh*kw*itemsize).  Each
     tile's columns, column_bytes * (n1 - n0) * (r1 - r0) * wo bytes, go through
-    one GEMM per group, so a tile is made large enough to keep every GEMM thread
-    busy -- at least :data:`GEMM_COLUMNS_PER_THREAD` columns per thread of the
-    backend (``Backend.threads``; a GPU backend takes as much as fits) -- and
-    never larger than the workspace budget (:func:`zfraw.workspace_bytes`).
-    Tiles hold whole images when one image's columns fit the budget: the batch
-    is cut into as many tiles of nearly equal size as keep each one at least
-    that large (and enough to respect the budget).  Otherwise each image is
-    cut into nearly equal bands of output rows, as few as fit (rows of at least
-    one row: a budget below one row's columns gets one-row bands).  Tiles come
-    image-chunk by image-chunk, the bands of an image in ascending row order.
+    one GEMM per group.  A tile aims at T = threads * :data:`GEMM_COLUMNS_PER_THREAD`
+    columns (the backend's ``Backend.threads``; on a GPU, T is everything that
+    fits) and never exceeds the workspace budget (:func:`zfraw.workspace_bytes`):
+
+    * a plane of at most T positions whose columns fit: tiles of whole images,
+      as many tiles of nearly equal size as keep each at least T columns (and
+      enough tiles to respect the budget);
+    * a plane of more than T positions, or one whose columns exceed the budget:
+      each image is cut into nearly equal bands of output rows, each at least
+      T columns when the budget allows, at most what fits (at least one row: a
+      budget below one row's columns gets one-row bands).
+
+    Tiles come image-chunk by image-chunk, the bands of an image in ascending
+    row order.  Tiles no larger than the GEMM needs keep the columns small
+    (cache, memory) and the calls few.
     """
     if n == 0:
         return []
     budget = _backend.workspace_bytes()
     threads = _backend.get_backend().threads
+    target = None if threads is None else threads() * GEMM_COLUMNS_PER_THREAD
     column_bytes = max(1, column_bytes)
     plane_bytes = column_bytes * ho * wo
-    if plane_bytes > budget:  # bands of rows, one image at a time
+    if plane_bytes > budget or (target is not None and ho * wo > target):  # bands, one image at a time
         rows_fit = max(1, budget // (column_bytes * wo))
-        bands = _even_cuts(ho, -(-ho // rows_fit))
+        rows_wanted = ho if target is None else min(ho, -(-target // wo))
+        bands = _even_cuts(ho, max(-(-ho // rows_fit), ho // rows_wanted))
         return [(i, i + 1, r0, r1) for i in range(n) for r0, r1 in bands]
     fit = budget // plane_bytes
-    wanted = n if threads is None else -(-threads() * GEMM_COLUMNS_PER_THREAD // (ho * wo))
+    wanted = n if target is None else -(-target // (ho * wo))
     images = max(1, min(n, fit, wanted))
-    parts = max(-(-n // fit), n // images)
-    return [(n0, n1, 0, ho) for n0, n1 in _even_cuts(n, parts)]
+    return [(n0, n1, 0, ho) for n0, n1 in _even_cuts(n, max(-(-n // fit), n // images))]
 
 
 def _input_band(x, n0, n1, r0, r1, kh, sh, ph):
