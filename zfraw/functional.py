@@ -98,11 +98,15 @@ def pool_output_size(size, k, stride, pad, ceil_mode, name="x"):
 
 
 #: Each thread that runs a conv's GEMM gets at least this many columns of it
-#: (when the batch has them and the workspace allows): a BLAS packs the filter
-#: matrix once per call and thread and then streams columns past it, so the
-#: packing and the call's thread start-up are spread over at least this much
-#: work.  Not a cache size: it depends on neither the machine nor the layer.
-GEMM_COLUMNS_PER_THREAD = 1024
+#: (when the batch has them and the workspace allows).  A BLAS packs the filter
+#: matrix once per call and thread and then streams columns past it, and every
+#: tile is two parallel regions (im2col, GEMM) whose fork and join cost a wake-up
+#: per thread -- on a loaded or many-core machine up to a scheduler time slice:
+#: with fewer, larger tiles these costs are spread over more work.  (Measured on
+#: a heavily loaded 2-vCPU machine, ZFNet conv1 at batch 16, interleaved: 80
+#: tiles of ~2400 columns 6.3 s, 16 tiles of one image 2.9 s, one tile 3.4 s;
+#: bench/README.md.)  Not a cache size: no machine's cache is assumed.
+GEMM_COLUMNS_PER_THREAD = 4096
 
 
 def _even_cuts(total, parts):
