@@ -441,7 +441,7 @@ def _elementwise_chunks(size):
 
 def relu(x):
     """max(x, 0), elementwise, any shape (a NaN stays NaN)."""
-    x = _contiguous("x", x)
+    x = _contiguous("x", x).reshape(np.shape(x))  # (np.ascontiguousarray makes 0-d 1-d)
     y = _empty(x.shape, dtype=x.dtype)
     _relu_kernel(x.reshape(-1), y.reshape(-1), _elementwise_chunks(x.size))
     return y
@@ -451,9 +451,10 @@ def relu_backward(s, x, rule):
     """The signal s through a ReLU whose forward input was x (same shape), in one
     pass: ``backprop`` s * (x > 0), ``guided`` relu(s) * (x > 0), ``deconvnet``
     relu(s) (x may be None)."""
-    s = _contiguous("s", s)
-    x = s if x is None else _contiguous("x", x)
-    out = _empty(s.shape, dtype=s.dtype)
+    shape = np.shape(s)
+    s = _contiguous("s", s).reshape(shape)  # (np.ascontiguousarray makes 0-d 1-d)
+    x = s if x is None else _contiguous("x", x).reshape(shape)
+    out = _empty(shape, dtype=s.dtype)
     _relu_backward_kernel(s.reshape(-1), x.reshape(-1), out.reshape(-1), RELU_RULE_CODES[rule],
                           _elementwise_chunks(s.size))
     return out
