@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (bench/ is a folder of scripts, not a package)
 import layers  # noqa: E402
 import net  # noqa: E402
+import scan  # noqa: E402
 
-RENDERERS = {"layers": layers.markdown, "net": net.markdown}
+RENDERERS = {"layers": layers.markdown, "net": net.markdown, "scan": scan.markdown}
 
 
 def render(out_dir, log=print):

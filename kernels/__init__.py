@@ -27,9 +27,15 @@ float32/float64 arrays, strides and pads as separate ints):
     y (N, C, Ho, Wo) and int64 switches of the same shape, each the flat index
     h*W + w into the unpadded input plane; padding is -inf; ties go to the first
     maximum in row-major window order; a NaN wins (the last NaN, as PyTorch).
+    ph and pw are the *top and left* pads: window (ho, wo) covers rows
+    [ho*sh - ph, ho*sh - ph + kh) and columns [wo*sw - pw, wo*sw - pw + kw), and
+    whatever of it lies beyond the input (bottom/right padding, per side, or a
+    ceil-mode window) is -inf.  Ho and Wo (from ``pool_output_size``) so imply
+    the bottom and right pads.
 ``max_unpool2d(y, switches, H, W, window) -> x``
     x (N, C, H, W) with x.flat[plane, switch] += y (sums on collision).  window is
-    None or (kh, kw, sh, sw, ph, pw), the geometry that produced the switches; a
+    None or (kh, kw, sh, sw, ph, pw) (ph, pw the top and left pads), the geometry
+    that produced the switches; a
     backend may use it for a deterministic gather.
 ``lrn(x, size, alpha, beta, k) -> y`` and ``lrn_backward(dy, x, size, alpha, beta, k) -> dx``
     cross-channel local response norm (PyTorch window: size//2 channels before c,

@@ -107,12 +107,13 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo):
     A tap replaces the running maximum when it is strictly greater or NaN, so ties
     keep the first maximum and a NaN wins; padding is -inf and so never wins.  The
     switch starts at the window's first in-bounds pixel (PyTorch's rule, which
-    matters only when every value is -inf).
+    matters only when every value is -inf).  ``ph``, ``pw`` are the top and left
+    pads; the bottom and right ones are whatever windows ``Ho``, ``Wo`` reach.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    hp = max(h + 2 * ph, (Ho - 1) * sh + kh)
-    wp = max(w + 2 * pw, (Wo - 1) * sw + kw)
+    hp = max(h + ph, (Ho - 1) * sh + kh)
+    wp = max(w + pw, (Wo - 1) * sw + kw)
     xpad = _pad(x, ph, hp - h - ph, pw, wp - w - pw, -np.inf)
     taps = _windows(xpad, kh, kw, sh, sw, Ho, Wo)
 

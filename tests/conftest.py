@@ -40,3 +40,43 @@ def backend_params(include_numpy=False):
 def rng():
     """A fresh seeded generator per test."""
     return np.random.default_rng(20141)
+
+
+def draw_two_class_folder(root, n_per_class, seed, size=64):
+    """A class-per-folder dataset on disk, drawn with Pillow: ``root/discs`` (one or two bright discs)
+    and ``root/stripes`` (bright vertical or horizontal stripes), on dark backgrounds of random colours.
+    Returns ``root``."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for kind in ("discs", "stripes"):
+        os.makedirs(os.path.join(root, kind), exist_ok=True)
+        for i in range(n_per_class):
+            im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 90, 3)))
+            fg = tuple(int(v) for v in rng.integers(160, 256, 3))
+            draw = ImageDraw.Draw(im)
+            if kind == "discs":
+                for _ in range(int(rng.integers(1, 3))):
+                    r = int(rng.integers(size // 8, size // 4))
+                    cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+                    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
+            else:
+                w = int(rng.integers(3, 6))
+                period = int(rng.integers(2 * w + 2, 4 * w))
+                vertical = rng.random() < 0.5
+                for t in range(int(rng.integers(0, period)) - period, size + period, period):
+                    draw.rectangle([t, 0, t + w - 1, size] if vertical else [0, t, size, t + w - 1], fill=fg)
+            im.save(os.path.join(root, kind, f"{i:03d}.png"))
+    return str(root)
+
+
+def run_cli(argv, capsys):
+    """``zfraw.cli.main(argv)`` in process: (status, stdout, stderr); argparse errors come back as status 2."""
+    from zfraw import cli
+
+    try:
+        status = cli.main(argv)
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err

@@ -138,17 +138,24 @@ def conv_geometry(draw, groups=False):
 
 @st.composite
 def pool_geometry(draw):
-    """(x shape, size, stride, pad, ceil_mode, dtype, seed); pad at most half the window."""
+    """(x shape, size, stride, pad, ceil_mode, dtype, seed); pad at most half the window,
+    symmetric (ph, pw) or per side (top, bottom, left, right)."""
     n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
-    h = draw(st.integers(max(1, kh - 2 * ph), kh + 10))
-    w = draw(st.integers(max(1, kw - 2 * pw), kw + 10))
+    top, left = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    if draw(st.booleans()):
+        pad = (top, left)
+        bottom, right = top, left
+    else:
+        bottom, right = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+        pad = (top, bottom, left, right)
+    h = draw(st.integers(max(1, kh - top - bottom), kh + 10))
+    w = draw(st.integers(max(1, kw - left - right), kw + 10))
     ceil_mode = draw(st.booleans())
     dtype = draw(st.sampled_from(DTYPES))
     seed = draw(st.integers(0, 2**31 - 1))
-    return (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), ceil_mode, dtype, seed
+    return (n, c, h, w), (kh, kw), (sh, sw), pad, ceil_mode, dtype, seed
 
 
 def randn(rng, shape, dtype):

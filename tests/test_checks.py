@@ -1,5 +1,7 @@
 """``zfraw check`` (zfraw.checks): every check passes on the CPU backends, and a
 deliberately broken kernel or op makes the table say FAIL and ``main`` return 1."""
+import re
+
 import numpy as np
 import pytest
 
@@ -32,12 +34,28 @@ def test_check_passed_and_table():
     assert good.passed and not bad.passed and not nan.passed
     table = checks.format_table([good, bad, nan])
     lines = table.splitlines()
-    assert lines[0].split() == ["op", "check", "dtype", "error", "tolerance", "result"]
+    assert lines[0].split() == ["op", "case", "check", "dtype", "error", "tolerance", "result"]
     row_b = next(line for line in lines if line.startswith("op b"))
     assert row_b.split()[-1] == "FAIL" and "2.00e-03" in row_b
     assert next(line for line in lines if line.startswith("op a")).split()[-1] == "pass"
     assert next(line for line in lines if line.startswith("op c")).split()[-1] == "FAIL"
     assert "1 of 3 checks passed, 2 FAILED" in table
+
+
+def table_rows(out):
+    """The cells of each row of a printed table (columns are separated by two spaces or more)."""
+    rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
+    return [r for r in rows if len(r) == 7 and r[-1] in ("pass", "FAIL")]
+
+
+def every_row_says_which_case_it_is(out):
+    rows = table_rows(out)
+    assert len(rows) > 50
+    keys = [tuple(r[:4]) for r in rows]  # op, case, check, dtype
+    assert len(set(keys)) == len(keys), [k for k in keys if keys.count(k) > 1]
+    conv = [r for r in rows if r[0] == "conv2d" and r[2] == "reference" and r[3] == "float64"]
+    assert len(conv) == 2 and {r[1] for r in conv} == {checks.conv_case(*c[:2], *c[2:]) for c in checks.CONV_CASES}
+    assert all("stride" in r[1] and "pad" in r[1] for r in conv)
 
 
 def overwriting_unpool(y, switches, h, w, window):
@@ -54,10 +72,8 @@ def test_a_broken_kernel_fails_the_table(monkeypatch, capsys):
     assert checks.main("numpy") == 1
     out = capsys.readouterr().out
     rows = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if parts and parts[-1] in ("pass", "FAIL"):
-            rows.setdefault(" ".join(parts[:-5]), []).append(parts[-1])
+    for cells in table_rows(out):
+        rows.setdefault(cells[0], []).append(cells[-1])
     assert "FAIL" in rows["max_unpool2d"]
     assert rows["max_pool2d dx"] == ["FAIL"]
     assert all(v == "pass" for v in rows["conv2d"] + rows["linear"] + rows["conv2d dw"])
@@ -80,7 +96,9 @@ def test_a_broken_op_fails_the_table(monkeypatch, capsys):
     assert sum(line.startswith("local_response_norm_backward") for line in failed) == 4  # 2 sizes x 2 dtypes
     monkeypatch.undo()
     assert checks.main("numpy") == 0
-    assert "FAIL" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    every_row_says_which_case_it_is(out)
 
 
 def test_small_net_has_every_layer_type():

@@ -53,7 +53,7 @@ def test_python_m_zfraw_check_exits_0_with_a_table():
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("op "))
-    assert header.split() == ["op", "check", "dtype", "error", "tolerance", "result"]
+    assert header.split() == ["op", "case", "check", "dtype", "error", "tolerance", "result"]
     rows = [line for line in lines if line.rstrip().endswith(("pass", "FAIL"))]
     assert len(rows) > 50 and all(line.rstrip().endswith("pass") for line in rows)
     assert any(line.startswith("conv2d ") for line in rows)
@@ -125,3 +125,65 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([])
     assert exc.value.code == 2
+
+
+# ============================================================== project, demo: what they say and write
+
+def test_project_writes_the_format_of_its_suffix_and_says_what_it_did(weights, image, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "p.jpg"
+    status, printed, err = run_main(["project", image, "--weights", weights, "--layer", "conv1",
+                                     "--backend", "numpy", "-o", str(out)], capsys)
+    assert status == 0, err
+    assert out.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, not PNG bytes under a .jpg name
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.width >= 3 * 384 and im.height >= 384  # input, crop, projection
+    assert "(row, col) = (" in printed
+    assert "input 24x20 (width x height) resized to shorter side 16 and centre-cropped to 16x16" in printed
+    assert "does not fire" not in printed
+
+
+def test_project_says_when_the_feature_does_not_fire(tmp_path, image, capsys):
+    net = nn.Sequential([
+        ("conv1", nn.Conv2d(3, 4, 3, 1, 1, seed=1)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()), ("fc8", nn.Linear(4 * 8 * 8, 3, seed=2)),
+    ], input_shape=(3, 16, 16), name="tiny")
+    net["conv1"].params["b"][0] = -1e3  # feature 0 is negative everywhere
+    path = str(net.save(tmp_path / "dead.npz", mean=[0.5, 0.5, 0.5]))
+    status, printed, err = run_main(["project", image, "--weights", path, "--layer", "conv1", "--feature", "0",
+                                     "--backend", "numpy", "-o", str(tmp_path / "p.png")], capsys)
+    assert status == 0, err
+    assert "does not fire on this image (activation <= 0)" in printed
+    from zfraw import visualize
+
+    x = np.zeros((3, 16, 16), np.float32)
+    _, info = visualize.project_image(nn.load(path), x, "conv1", feature=0, return_info=True)
+    assert info["fires"] is False and info["value"] <= 0
+
+
+def test_crop_box_is_where_eval_transform_crops():
+    from zfraw import data
+
+    rng = np.random.default_rng(3)
+    for h, w, side in ((20, 24, 16), (50, 30, 16), (64, 64, 64), (33, 100, 32)):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        t, l, b, r = cli.eval_crop_box(h, w, side)
+        assert 0 <= t < b <= h + 1e-9 and 0 <= l < r <= w + 1e-9
+        assert b - t == pytest.approx(min(h, w)) and r - l == pytest.approx(min(h, w))
+        # the crop's pixels are (up to resampling) the box of the image: compare their mean colours
+        crop = data.eval_transform(side, side)(img)
+        box = img[int(round(t)):int(round(b)), int(round(l)):int(round(r))] / 255.0
+        assert np.allclose(crop.mean(axis=(1, 2)), box.mean(axis=(0, 1)), atol=0.02)
+
+
+def test_demo_with_another_model_says_which_model_and_whose_classes(weights, tmp_path, capsys):
+    status, printed, err = run_main(["demo", "--weights", weights, "--images", "10", "--features", "1", "--quiet",
+                                     "--backend", "numpy", "--out", str(tmp_path / "rep")], capsys)
+    assert status == 0, err
+    page = (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
+    assert "<title>zfraw demo: what tiny.npz (tiny) learned</title>" in page
+    assert "built-in ZFNet learned" not in page
+    assert "the model predicts a " in page or "the model predicts b " in page or "the model predicts c " in page
+    assert "(a bicycle image)" in page or "(a car image)" in page  # the dataset's names for the images
+    assert "procedural dataset" in page and "checkerboard" in page  # what the images are, with the classes

@@ -334,16 +334,23 @@ def test_emulated_im2col_col2im_match_reference_bit_for_bit(emulated, rng, dtype
 
 
 def _pool_geometry(rng):
-    kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
-    sh, sw = (int(v) for v in rng.integers(1, 4, size=2))
-    ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
-    h = int(rng.integers(max(1, kh - 2 * ph), 11))
-    w = int(rng.integers(max(1, kw - 2 * pw), 11))
-    ceil = bool(rng.integers(2))
-    ho = F.pool_output_size(h, kh, sh, ph, ceil)
-    wo = F.pool_output_size(w, kw, sw, pw, ceil)
-    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), h, w)
-    return shape, (kh, kw, sh, sw, ph, pw), (ho, wo)
+    """A random pooling geometry with per-side pads (top, bottom, left, right); the
+    kernels take the top and left pads, Ho and Wo imply the others.  In ceil mode
+    the window may be larger than the padded input (as PyTorch allows)."""
+    while True:
+        kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
+        sh, sw = (int(v) for v in rng.integers(1, 4, size=2))
+        top, bottom = (int(v) for v in rng.integers(0, kh // 2 + 1, size=2))
+        left, right = (int(v) for v in rng.integers(0, kw // 2 + 1, size=2))
+        h, w = (int(v) for v in rng.integers(1, 11, size=2))
+        ceil = bool(rng.integers(2))
+        try:
+            ho = F.pool_output_size(h, kh, sh, (top, bottom), ceil)
+            wo = F.pool_output_size(w, kw, sw, (left, right), ceil)
+        except ValueError:  # no window fits
+            continue
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), h, w)
+        return shape, (kh, kw, sh, sw, top, left), (ho, wo)
 
 
 def _pool_input(rng, shape, dtype):

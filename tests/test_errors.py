@@ -170,6 +170,32 @@ CASES = [
     ("linear list x", lambda: F.linear(LIN_X.tolist(), LIN_W), TypeError, "x"),
     ("lrn foreign x", lambda: F.local_response_norm(Foreign()), TypeError, "x"),
     ("softmax list z", lambda: F.softmax([[1.0, 2.0]]), TypeError, "z"),
+    # ---- empty axes, non-finite constants, shapes that are not tuples of ints, NumPy scalars
+    ("conv2d no channels", lambda: F.conv2d(arr(2, 0, 6, 6), arr(4, 0, 3, 3)), ValueError, "w"),
+    ("conv2d no filters", lambda: F.conv2d(X, arr(0, 3, 3, 3)), ValueError, "w"),
+    ("conv_transpose2d no channels", lambda: F.conv_transpose2d(Y, arr(4, 0, 3, 3)), ValueError, "w"),
+    ("conv2d_backward no channels", lambda: F.conv2d_backward(arr(2, 4, 4, 4), arr(2, 0, 6, 6), arr(4, 0, 3, 3)),
+     ValueError, "w"),
+    ("softmax no classes", lambda: F.softmax(arr(3, 0)), ValueError, "z"),
+    ("softmax 0-d", lambda: F.softmax(np.asarray(np.float32(1.0))), ValueError, "z"),
+    ("cross_entropy no rows", lambda: F.cross_entropy(arr(0, 5), np.zeros(0, np.int64)), ValueError, "z"),
+    ("cross_entropy no classes", lambda: F.cross_entropy(arr(3, 0), np.zeros(3, np.int64)), ValueError, "z"),
+    ("lrn beta nan", lambda: F.local_response_norm(X, beta=float("nan")), ValueError, "beta"),
+    ("lrn beta inf", lambda: F.local_response_norm(X, beta=float("inf")), ValueError, "beta"),
+    ("lrn k nan", lambda: F.local_response_norm(X, k=float("nan")), ValueError, "k"),
+    ("lrn k inf", lambda: F.local_response_norm(X, k=float("inf")), ValueError, "k"),
+    ("lrn alpha nan", lambda: F.local_response_norm(X, alpha=float("nan")), ValueError, "alpha"),
+    ("lrn_backward beta nan", lambda: F.local_response_norm_backward(X, X, beta=float("nan")), ValueError, "beta"),
+    ("conv_matrix input_shape str", lambda: F.conv_matrix(W, "366"), TypeError, "input_shape"),
+    ("conv_matrix input_shape floats", lambda: F.conv_matrix(W, (3, 6.7, 6.2)), TypeError, "input_shape"),
+    ("max_unpool2d input_shape str", lambda: F.max_unpool2d(POOLED, SWITCHES, "66"), TypeError, "input_shape"),
+    ("max_unpool2d input_shape floats", lambda: F.max_unpool2d(POOLED, SWITCHES, (6.0, 6.0)), TypeError,
+     "input_shape"),
+    ("conv_transpose2d output_shape str", lambda: F.conv_transpose2d(Y, W, pad=1, output_shape="66"), TypeError,
+     "output_shape"),
+    ("col2im x_shape floats", lambda: F.col2im(arr(2, 27, 16), (2, 3, 6.0, 6.0), 3, 3), TypeError, "x_shape"),
+    ("conv2d numpy scalar x", lambda: F.conv2d(np.float32(1.0), W), TypeError, "x"),
+    ("relu numpy scalar x", lambda: F.relu(np.float64(-1.0)), TypeError, "x"),
 ]
 
 
@@ -181,6 +207,85 @@ def test_bad_input_raises_naming_the_argument(call, exc, name):
     assert re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", message), (
         f"message does not name {name!r}: {message}"
     )
+
+
+def test_shapes_given_as_strings_or_floats_are_refused_everywhere():
+    """ "44" used to be read as (4, 4) and (4.7, 4.2) as (4, 4)."""
+    from zfraw import nn, visualize
+
+    for bad in ("344", (3, 4.7, 4.2), [3, True, 4]):
+        with pytest.raises(TypeError, match="input_shape"):
+            nn.Sequential([("relu", nn.ReLU())], input_shape=bad)
+        with pytest.raises(TypeError, match="input_shape"):
+            visualize.architecture_table(nn.Sequential([("relu", nn.ReLU())]), input_shape=bad)
+        with pytest.raises(TypeError, match="input_shape"):
+            nn.Sequential([("relu", nn.ReLU())]).summary(bad)
+    assert nn.Sequential([("relu", nn.ReLU())], input_shape=np.array([3, 4, 4])).input_shape == (3, 4, 4)
+
+
+@pytest.mark.parametrize("raw", ["abc", "-5", "0", "nan", "inf", "1e-9"])
+def test_a_bad_workspace_variable_names_itself(raw):
+    from zfraw import backend
+
+    with pytest.raises(ValueError, match="ZFRAW_WORKSPACE_MB") as info:
+        backend.workspace_from_env(raw)
+    assert repr(raw) in str(info.value)
+
+
+def test_good_workspace_values():
+    from zfraw import backend
+
+    assert backend.workspace_from_env("") == 256 * 2**20
+    assert backend.workspace_from_env(" 1.5 ") == int(1.5 * 2**20)
+
+
+def test_a_numpy_scalar_is_not_told_to_move_to_another_backend():
+    with pytest.raises(TypeError) as info:
+        F.conv2d(np.float32(1.0), W)
+    assert "to_device" not in str(info.value) and "NumPy scalar" in str(info.value)
+
+
+def test_load_state_dict_refuses_complex_and_non_numeric_arrays():
+    from zfraw import nn
+
+    net = nn.Sequential([("fc", nn.Linear(3, 2, seed=0))])
+    state = {k: v.copy() for k, v in net.state_dict().items()}
+    for bad in (state["fc.w"].astype(np.complex64) * (1 + 1j), state["fc.w"].astype(str), [[1.0] * 3] * 2):
+        with pytest.raises(TypeError, match="fc.w"):
+            net.load_state_dict(dict(state, **{"fc.w": bad}))
+    before = net.parameters()["fc.w"].copy()
+    np.testing.assert_array_equal(net.parameters()["fc.w"], before)  # nothing half-loaded
+    net.load_state_dict(state)  # real arrays still load
+
+
+def saturated_scores(rng, n, k, margin, dtype):
+    z = rng.standard_normal((n, k))
+    labels = rng.integers(0, k, n)
+    z[np.arange(n), labels] += margin
+    return z.astype(dtype), labels
+
+
+@pytest.mark.parametrize("margin", [8.0, 12.0, 16.0])
+def test_cross_entropy_gradient_keeps_its_digits_when_the_softmax_saturates(margin):
+    """p_label -> 1: dz = p - 1 used to cancel in float32; now it matches float64 and beats PyTorch's error."""
+    rng = np.random.default_rng(int(margin))
+    z, labels = saturated_scores(rng, 64, 10, margin, np.float32)
+    loss, dz = F.cross_entropy(z, labels)
+    z64 = z.astype(np.float64)
+    p = np.exp(z64 - z64.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    want = p.copy()
+    want[np.arange(64), labels] = -(p.sum(axis=1) - p[np.arange(64), labels])  # 1 - p_label, without cancelling
+    want /= 64
+    err = np.linalg.norm(dz - want) / np.linalg.norm(want)
+    assert err < 2e-6, err
+    want_loss = -np.mean(np.log(p[np.arange(64), labels]))
+    assert abs(loss - want_loss) <= 1e-5 * abs(want_loss) + 1e-12
+    torch = pytest.importorskip("torch")
+    zt = torch.tensor(z, requires_grad=True)
+    torch.nn.functional.cross_entropy(zt, torch.tensor(labels)).backward()
+    torch_err = np.linalg.norm(zt.grad.numpy() - want) / np.linalg.norm(want)
+    assert err <= max(torch_err, 1e-6), (err, torch_err)
 
 
 def test_messages_say_what_was_expected_and_what_came():

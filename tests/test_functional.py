@@ -334,6 +334,11 @@ POOL_CASES = [
     ((1, 1, 3, 3), 3, 2, 1, True),
     ((1, 2, 4, 4), 4, 2, 2, True),      # pad = half the window
     ((2, 2, 11, 11), 3, 2, 0, True),
+    # per-side pads (top, bottom, left, right): Caffe-in-ONNX pads only bottom/right
+    ((1, 2, 8, 8), 3, 2, (0, 1, 0, 1), False),
+    ((2, 2, 6, 9), (3, 2), (2, 1), (1, 0, 0, 1), True),
+    ((1, 2, 7, 5), (4, 3), (3, 2), (2, 1, 1, 0), False),
+    ((1, 2, 1, 5), 7, 4, 2, True),      # ceil mode: a window larger than the padded input
 ]
 POOL_IDS = [f"{s}-k{k}-s{st}-p{p}-{'ceil' if c else 'floor'}" for s, k, st, p, c in POOL_CASES]
 
@@ -402,6 +407,84 @@ def test_max_pool2d_infinities_and_all_minus_inf_windows(shape, size, stride, pa
     # an all -inf window points at its first in-bounds pixel
     h, w = shape[2:]
     assert switches.min() >= 0 and switches.max() < h * w
+
+
+def _torch_pool(torch, x, size, stride, pad, ceil_mode):
+    """PyTorch's max_pool2d with indices; per-side pads as explicit -inf padding, the
+    indices mapped back to the unpadded plane."""
+    import torch.nn.functional as TF
+
+    top, bottom, left, right = F.pool_padding(pad)
+    t = torch.from_numpy(x)
+    if (top, left) == (bottom, right):
+        y, idx = TF.max_pool2d(t, size, stride, (top, left), ceil_mode=ceil_mode, return_indices=True)
+        return y.numpy(), idx.numpy()
+    padded = TF.pad(t, (left, right, top, bottom), value=-float("inf"))
+    y, idx = TF.max_pool2d(padded, size, stride, 0, ceil_mode=ceil_mode, return_indices=True)
+    wp = x.shape[3] + left + right
+    rows, cols = idx.numpy() // wp - top, idx.numpy() % wp - left
+    return y.numpy(), rows * x.shape[3] + cols
+
+
+def test_max_pool2d_agrees_with_torch_on_random_geometries():
+    """Shape, values and switches as torch.nn.functional.max_pool2d(return_indices=True),
+    ceil mode included (every geometry PyTorch accepts, windows larger than the padded
+    input too), and per-side pads through explicit -inf padding in torch (floor mode
+    only: with explicit padding torch's ceil rule would keep a window that starts in
+    the bottom padding; per-side pads in ceil mode are held against onnxruntime in
+    tests/test_onnx.py)."""
+    torch = pytest.importorskip("torch")
+    rng = rng_for("torch-pool")
+    checked = {"ceil": 0, "per-side": 0, "too small": 0}
+    for _ in range(400):
+        k = tuple(int(v) for v in rng.integers(1, 8, size=2))
+        st = tuple(int(v) for v in rng.integers(1, 5, size=2))
+        ceil_mode = bool(rng.integers(2))
+        if rng.random() < 0.3:
+            pad = tuple(int(rng.integers(0, k[i // 2] // 2 + 1)) for i in range(4))
+            ceil_mode = False
+        else:
+            pad = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 3))) + tuple(int(v) for v in rng.integers(1, 12, size=2))
+        x = rng.integers(-3, 4, size=shape).astype(np.float32)  # ties
+        x[rng.random(shape) < 0.05] = np.nan
+        try:
+            ref_y, ref_s = _torch_pool(torch, x, k, st, pad, ceil_mode)
+            torch_ok = True
+        except RuntimeError:  # torch: "output size is too small"
+            torch_ok = False
+        if not torch_ok:
+            with pytest.raises(ValueError, match="larger than the padded"):
+                F.max_pool2d(x, k, st, pad, ceil_mode)
+            checked["too small"] += 1
+            continue
+        y, switches = F.max_pool2d(x, k, st, pad, ceil_mode)
+        assert y.shape == ref_y.shape, (shape, k, st, pad, ceil_mode)
+        np.testing.assert_array_equal(y, ref_y)
+        np.testing.assert_array_equal(switches, ref_s)
+        checked["ceil"] += ceil_mode
+        checked["per-side"] += len(pad) == 4
+    assert min(checked.values()) > 20, checked
+
+
+def test_max_pool2d_ceil_mode_accepts_a_window_larger_than_the_padded_input():
+    x = randn(rng_for("big-window"), (1, 1, 1, 3))
+    y, switches = F.max_pool2d(x, 7, stride=4, pad=2, ceil_mode=True)
+    assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == x.max() and switches[0, 0, 0, 0] == x.argmax()
+    with pytest.raises(ValueError, match="ceil_mode=True keeps a partial window"):
+        F.max_pool2d(x, 7, stride=4, pad=2)
+
+
+def test_pool_padding_forms():
+    assert F.pool_padding(1) == (1, 1, 1, 1)
+    assert F.pool_padding((1, 2)) == (1, 1, 2, 2)
+    assert F.pool_padding([0, 1, 2, 0]) == (0, 1, 2, 0)
+    with pytest.raises(ValueError, match="pad"):
+        F.pool_padding((1, 2, 3))
+    with pytest.raises(ValueError, match="pad"):
+        F.pool_padding((0, -1, 0, 0))
+    with pytest.raises(ValueError, match="half the window"):
+        F.max_pool2d(randn(rng_for("p"), (1, 1, 5, 5)), 3, pad=(0, 2, 0, 0))
 
 
 def test_max_pool2d_zfnet_ceil_mode_sizes():

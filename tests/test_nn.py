@@ -648,3 +648,25 @@ def test_summary_and_repr():
     params = dict((r[0], r[3]) for r in rows)
     assert params["conv2"] == 6 * 2 * 9 + 6 and params["relu1"] == 0
     assert "conv1" in repr(net) and "Conv2d" in repr(net)
+
+
+def test_maxpool_layer_with_per_side_pads_saves_and_unpools(tmp_path):
+    """Per-side pads (top, bottom, left, right) survive save/load; the layer's backward
+    is the unpooling through its switches (the gradient, checked by finite differences)."""
+    from zfraw import functional as F
+    from zfraw.gradcheck import check_gradient
+
+    layer = nn.MaxPool2d(3, 2, pad=(0, 1, 1, 0), ceil_mode=True)
+    assert layer.padding == (0, 1, 1, 0) and layer.pad == (0, 1, 1, 0)
+    assert nn.MaxPool2d(3, 2, pad=(1, 1, 0, 0)).pad == (1, 0)
+    net = nn.Sequential([("pool", layer)], input_shape=(2, 7, 6))
+    net.save(tmp_path / "p.npz")
+    again = nn.load(tmp_path / "p.npz")
+    assert again["pool"].padding == (0, 1, 1, 0)
+    x = np.random.default_rng(3).standard_normal((1, 2, 7, 6))
+    y = again.forward(x)
+    ref, _ = F.max_pool2d(x, 3, 2, (0, 1, 1, 0), True)
+    np.testing.assert_array_equal(y, ref)
+    r = np.random.default_rng(4).standard_normal(y.shape)
+    dx = again.backward(r)
+    assert check_gradient(lambda a: float(np.vdot(F.max_pool2d(a, 3, 2, (0, 1, 1, 0), True)[0], r)), x, dx) < 1e-6

@@ -176,3 +176,39 @@ def test_report_opens_in_headless_chromium_without_broken_images(tmp_path, tiny)
     dom = result.stdout
     assert f'data-images="{len(page.imgs)}"' in dom, (result.returncode, result.stderr[-2000:])
     assert 'data-broken="0"' in dom
+
+
+def test_report_says_what_the_images_are_explains_conv1_and_fits_narrow_windows(tmp_path, tiny):
+    net, _, mean, transform = tiny
+    drawn = synthetic.SyntheticDataset(2, seed=4, split="val")
+    index = _write(tmp_path, (net, drawn, mean, transform), layers=("conv1", "conv2"), features_per_layer=1,
+                   n_examples=1)
+    text = open(index, encoding="utf-8").read()
+    assert "procedural dataset" in text and "64x64" in text and "seed 4" in text
+    assert ", ".join(synthetic.CLASSES) in text
+    assert "nine copies of its filter" in text and "only the patches at layer 1" in text
+    assert text.count("nine copies") == 1  # under conv1 only
+    assert "max-width: 100%" in text and "overflow-x: auto" in text and "@media (max-width: 640px)" in text
+    assert '<div class="scroll"><table class="arch">' in text
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_report_folder_follows_the_umask(tmp_path, tiny, mask):
+    old = os.umask(mask)
+    try:
+        index = _write(tmp_path, tiny, layers=("conv1",), features_per_layer=1, n_examples=1)
+    finally:
+        os.umask(old)
+    assert os.stat(os.path.dirname(index)).st_mode & 0o777 == 0o777 & ~mask
+    assert os.stat(os.path.join(os.path.dirname(index), "img")).st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_report_names_predictions_with_the_model_classes(tmp_path, tiny):
+    net, dataset, mean, transform = tiny
+    names = [f"m{k}" for k in range(10)]
+    index = report.write_report(tmp_path / "r", net, dataset, transform, mean, layers=("conv1",),
+                                features_per_layer=1, n_images=20, batch_size=8, progress=False, n_examples=2,
+                                model_classes=names)
+    text = open(index, encoding="utf-8").read()
+    assert "the model predicts m" in text
+    assert any(f"(a {c} image)" in text for c in synthetic.CLASSES)

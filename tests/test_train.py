@@ -332,3 +332,187 @@ def test_fit_errors(tmp_path):
     x[0, 0, 3, 3] = np.nan  # a diverged run: the loss is no longer finite
     with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="lr"):
         train.fit(net, lambda e: [(x, labels)], epochs=1, lr=1.0, progress=False)
+
+
+# ============================================================== schedules for small data, and guards
+
+def test_plateau_schedule_has_a_floor_and_can_watch_the_training_loss():
+    s = train.PlateauSchedule(factor=10, patience=1, min_lr=0.01)
+    h = train.History(val_loss=[1.0] * 8)
+    assert [s(1.0, e, h) for e in range(8)] == pytest.approx([1.0, 1.0, 0.1, 0.01, 0.01, 0.01, 0.01, 0.01])
+    s = train.PlateauSchedule(factor=10, patience=2, monitor="train_loss")
+    h = train.History(train_loss=[1.0, 0.5, 0.5, 0.5], val_loss=[float("nan")] * 4)
+    assert [s(1.0, e, h) for e in range(5)] == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.1])
+    with pytest.raises(ValueError, match="monitor"):
+        train.PlateauSchedule(monitor="val_acc")
+    with pytest.raises(ValueError, match="min_lr"):
+        train.PlateauSchedule(min_lr=float("nan"))
+    with pytest.raises(ValueError, match="factor"):
+        train.PlateauSchedule(factor=1.0)
+
+
+def test_fit_refuses_runs_that_would_end_in_nan(tmp_path):
+    x, labels = toy_data(8, seed=2)
+    net = tiny_net(0)
+    for epochs in (0, -3):
+        with pytest.raises(ValueError, match="epochs"):
+            train.fit(net, lambda e: [(x, labels)], epochs=epochs, progress=False)
+    with pytest.raises(ValueError, match="no batch"):  # fewer images than one batch, with drop_last
+        train.fit(net, lambda e: [], epochs=2, progress=False)
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="validation loss"):
+        train.fit(net, lambda e: [(x, labels)], lambda: [(bad, labels)], epochs=1, progress=False)
+
+
+def test_fit_without_validation_prints_no_val_metrics(capsys):
+    x, labels = toy_data(8, seed=2)
+    history = train.fit(tiny_net(0), lambda e: [(x, labels)], epochs=2, lr=0.05, progress=True)
+    out = capsys.readouterr().out
+    assert "epoch 2/2" in out and "train loss" in out
+    assert "val" not in out and "nan" not in out
+    assert all(np.isfinite(history.train_loss))
+
+
+def test_fit_removes_the_temporaries_of_a_killed_checkpoint_write(tmp_path):
+    ours = tmp_path / "tmpab12cd34.npz.tmp"  # zfraw.io.npz's temporaries
+    ours.write_bytes(b"PK\x03\x04 half")
+    someone_elses = tmp_path / "notes.tmp"
+    someone_elses.write_bytes(b"keep")
+    run_fit(tmp_path, 1, name="ck.npz")
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz", "notes.tmp"]
+
+
+# ============================================================== `zfraw train --data`: a user's own folder
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from conftest import draw_two_class_folder, run_cli  # noqa: E402
+
+
+def zfraw_env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", ZFRAW_BACKEND="numpy")
+    env.pop("ZFRAW_DEBUG", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own")
+    return (draw_two_class_folder(root / "train", 32, seed=10), draw_two_class_folder(root / "val", 16, seed=11))
+
+
+def test_train_on_a_small_folder_learns_with_the_default_recipe(folders, tmp_path):
+    """64 drawn images (discs against stripes), the default options, 5 epochs: >= 90% on 32 held-out ones."""
+    from zfraw import data
+
+    train_dir, val_dir = folders
+    out = tmp_path / "mine.npz"
+    proc = subprocess.run([sys.executable, "-m", "zfraw", "train", "--data", train_dir, "--val", val_dir,
+                           "--epochs", "5", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env=zfraw_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "init: He N(0, 2/fan_in)" in proc.stdout
+    assert "the best on --val" in proc.stdout and "nan" not in proc.stdout
+    # an independent check of the saved model on the validation folder
+    net = nn.load(out).eval()
+    meta = nn.read_meta(out)["extra"]
+    assert meta["classes"] == ["discs", "stripes"]
+    val = data.ImageFolder(val_dir)
+    _, acc = train.evaluate(net, data.batches(val, 32, data.eval_transform(64, 64, meta["mean"])))
+    assert acc >= 0.9, proc.stdout
+    assert f"validation accuracy {acc:.3f}" in proc.stdout
+
+
+def test_a_checkpoint_write_killed_half_way_leaves_the_previous_one(folders, tmp_path):
+    """SIGKILL while the second checkpoint is being written: the first stays complete, and the next
+    start removes the half-written temporary and resumes from it."""
+    small = draw_two_class_folder(tmp_path / "small", 4, seed=3)
+    ck, marker = tmp_path / "ck.npz", tmp_path / "paused"
+    pause_in_second_write = f"""
+import os, sys, time
+real_replace, calls = os.replace, []
+def replace(src, dst, *a, **kw):
+    if os.path.basename(dst) == "ck.npz":
+        calls.append(dst)
+        if len(calls) == 2:  # the second checkpoint: leave its temporary half-written and wait to be killed
+            os.truncate(src, os.path.getsize(src) // 2)
+            open({str(marker)!r}, "w").close()
+            time.sleep(120)
+    return real_replace(src, dst, *a, **kw)
+os.replace = replace
+from zfraw.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+    argv = ["train", "--data", small, "--batch-size", "4", "--epochs", "3", "--checkpoint", str(ck),
+            "--out", str(tmp_path / "m.npz")]
+    proc = subprocess.Popen([sys.executable, "-c", pause_in_second_write] + argv, env=zfraw_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    stale = [n for n in os.listdir(tmp_path) if n.endswith(".npz.tmp")]
+    assert len(stale) == 1  # the half-written temporary
+    with np.load(ck) as complete:  # the previous checkpoint, whole
+        assert json.loads(bytes(complete["__zfraw__"]).decode())["epoch"] == 1
+    again = subprocess.run([sys.executable, "-m", "zfraw"] + argv + ["--resume"], capture_output=True, text=True,
+                           timeout=300, env=zfraw_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "removed" in again.stderr and stale[0] in again.stderr
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    with np.load(ck) as done:
+        meta = json.loads(bytes(done["__zfraw__"]).decode())
+    assert meta["epoch"] == 3 and meta["history"]["epoch"] == [1, 2, 3]
+
+
+def test_train_guards_refuse_before_the_first_epoch(folders, tmp_path, capsys):
+    train_dir, val_dir = folders
+    draw_two_class_folder(tmp_path / "single", 2, seed=1)
+    import shutil
+
+    shutil.rmtree(tmp_path / "single" / "stripes")
+    other = draw_two_class_folder(tmp_path / "other", 1, seed=2)
+    os.rename(os.path.join(other, "stripes"), os.path.join(other, "lines"))
+    a_dir = tmp_path / "adir.npz"
+    a_dir.mkdir()
+    foreign = str(tiny_net(0).save(tmp_path / "foreign.npz", classes=["cats", "dogs"]))
+    cases = [
+        (["--data", train_dir, "--checkpoint", foreign, "--resume"], ["--checkpoint", "foreign.npz", "cats, dogs"]),
+        (["--data", str(tmp_path / "single")], ["--data", "single", "at least two"]),
+        (["--data", train_dir, "--val", other], ["--val", "other", "stripes", "lines"]),
+        (["--data", train_dir, "--resume"], ["--resume", "--checkpoint"]),
+        (["--data", train_dir, "--out", str(tmp_path / "model.pt")], ["--out", "model.pt", ".npz"]),
+        (["--data", train_dir, "--out", str(a_dir)], ["--out", "adir.npz", "folder"]),
+        (["--data", train_dir, "--checkpoint", str(tmp_path / "ck.npy")], ["--checkpoint", "ck.npy", ".npz"]),
+        (["--data", train_dir, "--out", str(tmp_path / "x.npz"), "--checkpoint", str(tmp_path / "x.npz")],
+         ["--checkpoint", "--out", "same file"]),
+        (["--data", str(tmp_path / "nowhere")], ["--data", "nowhere", "not a folder"]),
+    ]
+    for argv, words in cases:
+        t0 = time.perf_counter()
+        status, out, err = run_cli(["train", "--backend", "numpy"] + argv, capsys)
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+        assert status == 2 and len(lines) == 1 and lines[0].startswith("zfraw train: error:"), (argv, err)
+        assert all(w in lines[0] for w in words), lines[0]
+        assert "epoch" not in out and time.perf_counter() - t0 < 10
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "model.pt").exists()
+
+
+def test_fewer_images_than_a_batch_trains_with_a_smaller_batch_and_says_so(tmp_path, capsys):
+    small = draw_two_class_folder(tmp_path / "small", 3, seed=4)
+    status, out, err = run_cli(["train", "--backend", "numpy", "--data", small, "--epochs", "1",
+                                "--out", str(tmp_path / "m.npz"), "--snapshots", "1",
+                                "--snapshot-dir", str(tmp_path / "snaps")], capsys)
+    assert status == 0, err
+    assert "warning: --batch-size 16 is larger than the 6 training images; using batches of 6" in err
+    assert "val loss" not in out and "nan" not in out
+    assert "the model after epoch 1" in out and "give --val" in out
+    assert nn.read_meta(tmp_path / "m.npz")["extra"]["classes"] == ["discs", "stripes"]
+    assert len(os.listdir(tmp_path / "snaps")) == 1

@@ -32,7 +32,7 @@ import numpy as np
 __all__ = [
     "Backend", "backends", "get_backend", "set_backend", "use_backend",
     "kernel", "get_array_module", "to_device", "to_host", "BackendUnavailable",
-    "KERNEL_NAMES", "workspace_bytes", "set_workspace_bytes", "cpu_threads",
+    "KERNEL_NAMES", "workspace_bytes", "set_workspace_bytes", "workspace_from_env", "cpu_threads",
 ]
 
 #: kernels every backend provides (a backend that does not override one gets
@@ -259,24 +259,42 @@ def to_host(obj):
 
 # ---------------------------------------------------------------- workspace
 
-def _env_workspace() -> int:
-    raw = os.environ.get("ZFRAW_WORKSPACE_MB", "256")
+def workspace_from_env(raw=None) -> int:
+    """The column-buffer budget in bytes that ``ZFRAW_WORKSPACE_MB`` asks for (256 MB when unset).
+
+    ``raw`` is the variable's text (default: read from the environment).  Anything
+    but a positive, finite number of megabytes is a ``ValueError`` that names the
+    variable and says how to fix it.
+    """
+    if raw is None:
+        raw = os.environ.get("ZFRAW_WORKSPACE_MB", "")
+    if not raw.strip():
+        return 256 * 2**20
     try:
         mb = float(raw)
     except ValueError:
-        raise ValueError(f"ZFRAW_WORKSPACE_MB must be a number of megabytes, got {raw!r}") from None
+        mb = float("nan")
+    if not (mb > 0 and mb != float("inf")) or int(mb * 2**20) < 1:
+        raise ValueError(f"the environment variable ZFRAW_WORKSPACE_MB must be a positive number of megabytes "
+                         f"(e.g. 256), got {raw!r}; fix it or unset it")
     return int(mb * 2**20)
 
 
-_workspace = _env_workspace()
+#: the budget set by :func:`set_workspace_bytes`; None: read ``ZFRAW_WORKSPACE_MB`` when first needed
+#: (not at import, so that a bad value is an error of the call that needs it, not of ``import zfraw``)
+_workspace: Optional[int] = None
 
 
 def workspace_bytes() -> int:
     """Byte budget for the im2col column buffer (default 256 MB, ``ZFRAW_WORKSPACE_MB``).
 
     Convolutions build columns for as many images at a time as fit in it (at least
-    one), so their peak memory stays bounded whatever the batch size.
+    one), so their peak memory stays bounded whatever the batch size.  A bad
+    ``ZFRAW_WORKSPACE_MB`` raises ``ValueError`` here (see :func:`workspace_from_env`).
     """
+    global _workspace
+    if _workspace is None:
+        _workspace = workspace_from_env()
     return _workspace
 
 
@@ -285,5 +303,6 @@ def set_workspace_bytes(nbytes: int) -> int:
     global _workspace
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 1:
         raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
-    old, _workspace = _workspace, int(nbytes)
+    old = _workspace if _workspace is not None else workspace_from_env()
+    _workspace = int(nbytes)
     return old

@@ -78,19 +78,33 @@ def eval_transform(mean):
 
 
 def train_builtin(out, epochs=None, n_train_per_class=None, progress=True, checkpoint=None, resume=False,
-                  snapshots=None):
+                  snapshots=None, snapshot_dir=None, model="zfnet_mini"):
     """Train the built-in model with :data:`RECIPE` and save it to ``out`` (.npz).
 
     ``epochs``/``n_train_per_class`` override the recipe (for quick runs);
-    ``checkpoint``/``resume`` as in :func:`zfraw.train.fit`; ``snapshots``, a folder
-    where the weights after every epoch are saved (for feature-evolution pictures).
+    ``checkpoint``/``resume`` as in :func:`zfraw.train.fit`.  ``snapshots``: epochs
+    (1-based) after which the weights are kept, for the feature-evolution pictures
+    (:mod:`zfraw.analysis.evolution`): each is saved whole to
+    ``snapshot_dir/epochNNN.npz`` (default folder: ``out`` without ``.npz`` plus
+    ``_snapshots``), and at the end their conv layers are packed in float16 into
+    ``<out without .npz>_snapshots.npz`` (the form shipped as
+    ``zfraw/weights/zfnet_mini_snapshots.npz``).  ``model``: ``"zfnet_mini"`` (the
+    built-in model) or ``"alexnet_mini"`` (AlexNet's first layer, for the
+    comparison of :mod:`zfraw.analysis.first_layer`), trained with the same recipe.
     Returns the training :class:`~zfraw.train.History`.
     """
+    if model not in ("zfnet_mini", "alexnet_mini"):
+        raise ValueError(f"model must be 'zfnet_mini' or 'alexnet_mini', got {model!r}")
+    stem = os.fspath(out)[:-4] if os.fspath(out).endswith(".npz") else os.fspath(out)
+    if snapshots and snapshot_dir is None:
+        snapshot_dir = stem + "_snapshots"
     r = dict(RECIPE)
     if epochs is not None:
         r["epochs"] = int(epochs)
     if n_train_per_class is not None:
         r["n_train_per_class"] = int(n_train_per_class)
+    if model != "zfnet_mini":
+        r["model"] = model
     t0 = time.perf_counter()
     train_images, train_labels = synthetic.make_dataset(r["n_train_per_class"], seed=r["seed"], size=r["size"],
                                                         split="train")
@@ -101,8 +115,8 @@ def train_builtin(out, epochs=None, n_train_per_class=None, progress=True, check
     val_set = data.ArrayDataset(val_images, val_labels, classes=synthetic.CLASSES)
     render_s = time.perf_counter() - t0
 
-    net = models.zfnet_mini(num_classes=len(synthetic.CLASSES), seed=r["seed"], init_std=r["init_std"],
-                            first_init_std=r["first_init_std"], input_size=r["size"])
+    net = models.build(model, num_classes=len(synthetic.CLASSES), seed=r["seed"], init_std=r["init_std"],
+                       first_init_std=r["first_init_std"], input_size=r["size"])
 
     def train_batches(epoch):
         rng = np.random.default_rng([r["seed"], epoch])
@@ -115,16 +129,17 @@ def train_builtin(out, epochs=None, n_train_per_class=None, progress=True, check
     def schedule(base_lr, epoch, history):
         return base_lr * (0.1 if epoch >= r["lr_drop_epoch"] else 1.0)
 
-    def snapshot(epoch, net, history):
-        if snapshots:
-            net.save(os.path.join(snapshots, f"epoch{epoch:03d}.npz"), classes=synthetic.CLASSES,
-                     mean=mean.tolist(), epoch=epoch)
-
     extra = dict(classes=list(synthetic.CLASSES), mean=mean.tolist(), recipe=r)
     history = train.fit(net, train_batches, val_batches, epochs=r["epochs"], lr=r["lr"], momentum=r["momentum"],
                         weight_decay=r["weight_decay"], renorm_radius=r["renorm_radius"], schedule=schedule,
-                        checkpoint=checkpoint, resume=resume, progress=progress, extra=extra, on_epoch=snapshot)
+                        checkpoint=checkpoint, resume=resume, progress=progress, extra=extra,
+                        snapshots=snapshots, snapshot_dir=snapshot_dir)
     extra.update(val_acc=history.val_acc[-1], train_seconds=round(time.perf_counter() - t0, 1),
                  render_seconds=round(render_s, 1), history=dict(val_acc=history.val_acc, train_loss=history.train_loss))
     net.save(out, **extra)
+    if snapshots:
+        from zfraw.analysis import evolution
+
+        evolution.pack_snapshots([train.snapshot_path(snapshot_dir, e) for e in sorted(set(snapshots))],
+                                 stem + "_snapshots.npz")
     return history

@@ -37,8 +37,9 @@ from zfraw._args import int_arg
 
 __all__ = [
     "DataError", "IMG_EXTENSIONS", "load_image", "ImageFolder", "ArrayDataset",
+    "dataset_length", "resolve_skip_bad", "items", "transform_item", "load_item", "stream",
     "resize_shorter", "center_crop", "random_crop", "pad", "hflip", "ten_crop",
-    "to_chw_float", "compute_mean", "train_transform", "eval_transform",
+    "to_chw_float", "mean_chw", "compute_mean", "train_transform", "eval_transform",
     "batches", "Batches",
 ]
 
@@ -203,7 +204,7 @@ class ImageFolder:
         return load_image(self.paths[i]), int(self.labels[i])
 
     def __iter__(self):
-        for _, image, label in _items(self, range(len(self)), self.skip_bad):
+        for _, image, label in items(self, range(len(self)), self.skip_bad):
             yield image, label
 
     def __repr__(self):
@@ -253,21 +254,81 @@ class ArrayDataset:
         return f"ArrayDataset({len(self)} images of {self.images.shape[1:]}, {len(self.classes)} classes)"
 
 
-def _items(dataset, indices, skip_bad):
-    """Yield (index, image, label) for the given indices; skip DataError items with a warning if asked."""
+def dataset_length(dataset):
+    """``len(dataset)`` after checking that it is a sequence of (image, label)."""
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(f"dataset: expected a sequence of (image, label), got {type(dataset).__name__}")
+    return len(dataset)
+
+
+def resolve_skip_bad(dataset, skip_bad=None):
+    """Whether to skip unreadable items: ``skip_bad`` if given, else the dataset's own
+    ``skip_bad`` attribute (False when it has none)."""
+    return bool(getattr(dataset, "skip_bad", False)) if skip_bad is None else bool(skip_bad)
+
+
+def items(dataset, indices, skip_bad=None):
+    """Yield ``(index, image, label)`` for the given dataset indices, in their order.
+
+    An item that raises :class:`DataError` (an unreadable file) is skipped with a
+    warning naming it when ``skip_bad`` (default: the dataset's own setting, see
+    :func:`resolve_skip_bad`), and raised otherwise.
+    """
+    skip = resolve_skip_bad(dataset, skip_bad)
     for i in indices:
         try:
             image, label = dataset[i]
         except DataError as e:
-            if not skip_bad:
+            if not skip:
                 raise
             warnings.warn(f"skipping item {i}: {e}", stacklevel=3)
             continue
         yield i, image, label
 
 
-def _skip_bad(dataset, skip_bad):
-    return bool(getattr(dataset, "skip_bad", False)) if skip_bad is None else bool(skip_bad)
+def transform_item(transform, image, index):
+    """``transform(image)``, checked to be an array (C, h, w); ``index`` names the item in errors."""
+    x = transform(image)
+    if not isinstance(x, np.ndarray) or x.ndim != 3:
+        raise ValueError(f"transform of item {index}: expected a float array (C, h, w), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    return x
+
+
+def load_item(dataset, index, transform=None):
+    """One preprocessed item: ``transform(dataset[index][0])`` (:func:`to_chw_float` by default)."""
+    transform = to_chw_float if transform is None else transform
+    return transform_item(transform, dataset[index][0], index)
+
+
+def stream(dataset, batch_size, transform=None, limit=None, indices=None, skip_bad=None):
+    """Yield ``(x float32 (B, C, h, w), dataset indices int64 (B,))``, one batch at a time.
+
+    The items are ``indices`` (any subset of the dataset, in that order; default
+    all of them, in dataset order), cut to the first ``limit``.  Only one batch is
+    held.  Items that raise :class:`DataError` are skipped with a warning when
+    ``skip_bad`` (default: the dataset's own setting), so the indices returned are
+    always the true dataset indices of the images in ``x``.
+    """
+    n = dataset_length(dataset)
+    batch_size = int_arg("batch_size", batch_size, 1)
+    order = range(n) if indices is None else [_index(i, n) for i in indices]
+    if limit is not None:
+        order = order[:int_arg("limit", limit, 0)]
+    transform = to_chw_float if transform is None else transform
+    if not callable(transform):
+        raise TypeError(f"transform: expected a callable, got {type(transform).__name__}")
+    for start in range(0, len(order), batch_size):
+        xs, idx = [], []
+        for i, image, _ in items(dataset, order[start:start + batch_size], skip_bad):
+            x = transform_item(transform, image, i)
+            if xs and x.shape != xs[0].shape:
+                raise ValueError(f"transform of item {i}: shape {x.shape} differs from {xs[0].shape} "
+                                 f"(use a transform that crops to one size)")
+            xs.append(x)
+            idx.append(i)
+        if xs:
+            yield np.stack(xs).astype(np.float32, copy=False), np.asarray(idx, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -449,7 +510,7 @@ def ten_crop(img, size):
     return np.concatenate([crops, crops[:, :, ::-1]])
 
 
-def _mean_chw(mean, h, w):
+def mean_chw(mean, h, w):
     """Check a mean and bring it to a shape that broadcasts against (3, h, w)."""
     m = np.asarray(mean, dtype=np.float32)
     if m.shape == (3,):
@@ -478,7 +539,7 @@ def to_chw_float(img, mean=None):
     x = img.transpose(2, 0, 1).astype(np.float32, order="C")
     x /= np.float32(255.0)
     if mean is not None:
-        x -= _mean_chw(mean, img.shape[0], img.shape[1])
+        x -= mean_chw(mean, img.shape[0], img.shape[1])
     return x
 
 
@@ -506,9 +567,9 @@ def compute_mean(dataset, per_pixel=False, size=None, skip_bad=None):
     numpy.ndarray
         float32 (3,) or (3, h, w).
     """
-    skip = _skip_bad(dataset, skip_bad)
+    skip = resolve_skip_bad(dataset, skip_bad)
     total, count, shape = None, 0, None
-    for i, img, _ in _items(dataset, range(len(dataset)), skip):
+    for i, img, _ in items(dataset, range(len(dataset)), skip):
         img = _image(img, f"dataset[{i}] image")
         if size is not None:
             img = center_crop(resize_shorter(img, size), size)
@@ -688,7 +749,7 @@ class Batches:
         self.shuffle = bool(shuffle)
         self.rng = np.random.default_rng(rng)
         self.drop_last = bool(drop_last)
-        self.skip_bad = _skip_bad(dataset, skip_bad)
+        self.skip_bad = resolve_skip_bad(dataset, skip_bad)
 
     def __len__(self):
         n = len(self.dataset)
@@ -710,7 +771,7 @@ class Batches:
         B = self.batch_size
         x = y = shape = None
         k = 0
-        for i, image, label in _items(self.dataset, order, self.skip_bad):
+        for i, image, label in items(self.dataset, order, self.skip_bad):
             xi, yi = self._item(i, image, label, shape)
             if x is None:
                 shape = xi.shape

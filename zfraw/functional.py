@@ -19,16 +19,17 @@ with the transposed filters, then ``col2im``, tile by tile.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
 from zfraw import backend as _backend
-from zfraw._args import int_arg as _int, pair_arg as _pair
+from zfraw._args import int_arg as _int, pair_arg as _pair, shape_arg as _shape
 
 __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "conv_transpose2d", "conv_matrix",
-    "conv_output_size", "pool_output_size",
+    "conv_output_size", "pool_output_size", "pool_padding",
     "max_pool2d", "max_unpool2d", "relu", "relu_backward", "RELU_RULES",
     "local_response_norm", "local_response_norm_backward",
     "linear", "linear_backward", "dropout", "softmax", "cross_entropy",
@@ -45,6 +46,9 @@ def _array(name, a, ndim=None, float_only=True):
     xp = _backend.get_backend().xp
     if not isinstance(a, xp.ndarray):
         kind = type(a).__module__.split(".")[0] + "." + type(a).__name__
+        if isinstance(a, np.generic):  # a NumPy scalar, e.g. np.float32(1.0): not an array of another backend
+            raise TypeError(f"{name} must be an array ({xp.__name__}.ndarray), got the NumPy scalar {kind} {a!r}; "
+                            f"make it an array of the right shape")
         if hasattr(a, "shape") and hasattr(a, "dtype"):
             raise TypeError(
                 f"{name} is a {kind} but the active backend {_backend.get_backend().name!r} works on "
@@ -64,14 +68,8 @@ def _same_dtype(ref_name, ref, name, a):
 
 
 def _spatial_shape(name, shape):
-    """(H, W) from a shape given as (H, W), (C, H, W) or (N, C, H, W)."""
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"{name} must be a shape tuple, got {shape!r}") from None
-    if len(shape) not in (2, 3, 4) or min(shape) < 1:
-        raise ValueError(f"{name} must be (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got {shape}")
-    return shape[-2:]
+    """(H, W) from a shape given as (H, W), (C, H, W) or (N, C, H, W) of ints >= 1."""
+    return _shape(name, shape, (2, 3, 4))[-2:]
 
 
 def conv_output_size(size, k, stride, pad, name="input"):
@@ -84,17 +82,43 @@ def conv_output_size(size, k, stride, pad, name="input"):
 
 
 def pool_output_size(size, k, stride, pad, ceil_mode, name="x"):
-    """Pooled size as PyTorch computes it: with ``ceil_mode`` a last partial window
-    is kept when it starts inside the input or its left padding."""
-    if size + 2 * pad < k:
-        raise ValueError(
-            f"pooling window of {k} is larger than the padded {name} ({size} + 2*{pad} = {size + 2 * pad})"
-        )
-    span = size + 2 * pad - k
+    """Pooled size as PyTorch computes it (``pooling_output_shape_pad_lr``).
+
+    ``pad`` is an int (both sides) or a pair (before, after).  With n = size +
+    before + after - k: floor(n / stride) + 1 windows, or with ``ceil_mode``
+    ceil(n / stride) + 1, less a last window that would start at or beyond
+    ``size + before`` (entirely in the after-padding).  In ceil mode n may be
+    negative (a window larger than the padded input, as PyTorch accepts) as long
+    as one window results; otherwise a ValueError.
+    """
+    before, after = (pad, pad) if isinstance(pad, numbers.Integral) else (int(pad[0]), int(pad[1]))
+    padded = size + before + after
+    span = padded - k
     out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
+    if ceil_mode and (out - 1) * stride >= size + before:
         out -= 1
+    if out < 1:
+        pads = f"{before}" if before == after else f"{before}+{after}"
+        raise ValueError(
+            f"pooling window of {k} is larger than the padded {name} ({size} + {pads} padding = {padded})"
+            + ("" if ceil_mode else "; ceil_mode=True keeps a partial window")
+        )
     return out
+
+
+def pool_padding(pad):
+    """A pooling ``pad`` as (top, bottom, left, right).
+
+    ``pad`` is an int (every side), a pair (ph, pw) (ph above and below, pw left
+    and right) or four ints (top, bottom, left, right), each >= 0.  (ONNX lists
+    pads as [top, left, bottom, right]: pass ``(p[0], p[2], p[1], p[3])``.)
+    """
+    if isinstance(pad, (tuple, list)) and len(pad) == 4:
+        return tuple(_int("pad", v, 0) for v in pad)
+    if isinstance(pad, (tuple, list)) and len(pad) != 2:
+        raise ValueError(f"pad must be an int, a pair (ph, pw) or (top, bottom, left, right), got {pad!r}")
+    ph, pw = _pair("pad", pad, 0)
+    return ph, ph, pw, pw
 
 
 #: Each thread that runs a conv's GEMM gets at least this many columns of it
@@ -220,10 +244,7 @@ def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     cols = _array("cols", cols, 3)
     kh, kw = _int("kh", kh, 1), _int("kw", kw, 1)
     (sh, sw), (ph, pw) = _pair("stride", stride, 1), _pair("pad", pad, 0)
-    try:
-        n, c, h, w = (int(s) for s in x_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"x_shape must be (N, C, H, W), got {x_shape!r}") from None
+    n, c, h, w = _shape("x_shape", x_shape, (4,), minimum=0)
     ho = conv_output_size(h, kh, sh, ph, "x_shape height")
     wo = conv_output_size(w, kw, sw, pw, "x_shape width")
     if cols.shape != (n, c * kh * kw, ho * wo):
@@ -240,6 +261,9 @@ def _conv_args(x_name, x, w, stride, pad, groups):
     """Validate a conv call; returns (w, (sh, sw), (ph, pw), groups)."""
     w = _array("w", w, 4)
     _same_dtype(x_name, x, "w", w)
+    if 0 in w.shape:
+        raise ValueError(f"w must have at least one filter, one channel and a window of at least 1x1 "
+                         f"(F, C // groups, kh, kw), got shape {tuple(w.shape)}")
     groups = _int("groups", groups, 1)
     if w.shape[0] % groups:
         raise ValueError(f"w has {w.shape[0]} filters, which groups={groups} does not divide")
@@ -330,7 +354,7 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
     if h < 1 or wd < 1:
         raise ValueError(f"y of {ho}x{wo} with this kernel, stride and pad gives an empty output")
     c = cg * groups
-    if output_shape is not None and tuple(int(s) for s in output_shape)[:-2] not in ((), (c,), (n, c)):
+    if output_shape is not None and tuple(output_shape)[:-2] not in ((), (c,), (n, c)):
         raise ValueError(f"output_shape {tuple(output_shape)} does not match the output's (N, C) = {(n, c)}")
     kg, fg = cg * kh * kw, f // groups
     w_groups_t = w.reshape(groups, fg, kg).transpose(0, 2, 1)
@@ -413,7 +437,7 @@ def conv_matrix(w, input_shape, stride=1, pad=0, groups=1):
         raise TypeError(f"w must be a float32/float64 array, got {getattr(w, 'dtype', type(w))}")
     if w.ndim != 4:
         raise ValueError(f"w must have 4 dimensions (F, C, kh, kw), got {w.ndim}")
-    shape = tuple(int(s) for s in input_shape)
+    shape = _shape("input_shape", input_shape, (3, 4))
     if len(shape) == 4 and shape[0] == 1:
         shape = shape[1:]
     if len(shape) != 3:
@@ -452,19 +476,25 @@ def max_pool2d(x, size, stride=None, pad=0, ceil_mode=False):
     (PyTorch's ``return_indices`` layout).  Padding counts as -inf; ties go to
     the first maximum in row-major window order; a NaN wins and propagates.
     ``stride`` defaults to ``size``; ``ceil_mode`` keeps a last partial window
-    (ZFNet: 110 -> 55 and 26 -> 13 with size 3, stride 2).  ``pad`` must be at
-    most half the window, so that every window holds an input pixel.
+    (ZFNet: 110 -> 55 and 26 -> 13 with size 3, stride 2) and accepts what
+    PyTorch accepts (see :func:`pool_output_size`).  ``pad`` is an int, (ph, pw)
+    or per side (top, bottom, left, right) (:func:`pool_padding`; Caffe models in
+    ONNX pad only bottom and right); each side at most half the window, so that
+    every window holds an input pixel.  Window (ho, wo) covers rows
+    [ho*sh - top, ho*sh - top + kh) and columns [wo*sw - left, wo*sw - left + kw).
     """
     x = _array("x", x, 4)
     kh, kw = _pair("size", size, 1)
     sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
-    ph, pw = _pair("pad", pad, 0)
-    if 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"pad must be at most half the window size {(kh, kw)}, got {(ph, pw)}")
+    top, bottom, left, right = pool_padding(pad)
+    if 2 * max(top, bottom) > kh or 2 * max(left, right) > kw:
+        raise ValueError(f"pad must be at most half the window size {(kh, kw)} on each side, "
+                         f"got (top, bottom, left, right) = {(top, bottom, left, right)}")
     n, c, h, w = x.shape
-    ho = pool_output_size(h, kh, sh, ph, bool(ceil_mode), "x height")
-    wo = pool_output_size(w, kw, sw, pw, bool(ceil_mode), "x width")
-    return _backend.kernel("max_pool2d")(x, kh, kw, sh, sw, ph, pw, ho, wo)
+    ho = pool_output_size(h, kh, sh, (top, bottom), bool(ceil_mode), "x height")
+    wo = pool_output_size(w, kw, sw, (left, right), bool(ceil_mode), "x width")
+    # the kernels take the top and left pads; Ho and Wo imply the bottom and right ones
+    return _backend.kernel("max_pool2d")(x, kh, kw, sh, sw, top, left, ho, wo)
 
 
 def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
@@ -477,8 +507,9 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     pooling gradient and ``<pool_select(x), y> == <x, max_unpool2d(y)>``.
     (PyTorch's ``max_unpool2d`` overwrites on collision instead.)
 
-    ``size``/``stride``/``pad`` (keyword only) may name the pooling geometry that
-    made the switches; a backend can then gather deterministically (CUDA).
+    ``size``/``stride``/``pad`` (keyword only; ``pad`` as in :func:`max_pool2d`)
+    may name the pooling geometry that made the switches; a backend can then
+    gather deterministically (CUDA).
     """
     y = _array("y", y, 4)
     switches = _array("switches", switches, 4, float_only=False)
@@ -487,7 +518,7 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     if switches.shape != y.shape:
         raise ValueError(f"switches must have y's shape {tuple(y.shape)}, got {tuple(switches.shape)}")
     h, w = _spatial_shape("input_shape", input_shape)
-    lead = tuple(int(s) for s in input_shape)[:-2]
+    lead = tuple(input_shape)[:-2]
     if lead not in ((), tuple(y.shape[1:2]), tuple(y.shape[:2])):
         raise ValueError(f"input_shape {tuple(input_shape)} does not match y's (N, C) {tuple(y.shape[:2])}")
     if switches.size:
@@ -500,8 +531,8 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     if size is not None:
         kh, kw = _pair("size", size, 1)
         sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
-        ph, pw = _pair("pad", pad, 0)
-        window = (kh, kw, sh, sw, ph, pw)
+        top, _, left, _ = pool_padding(pad)
+        window = (kh, kw, sh, sw, top, left)
     return _backend.kernel("max_unpool2d")(y, switches.astype(np.int64, copy=False), h, w, window)
 
 
@@ -539,6 +570,8 @@ def _lrn_args(size, alpha, beta, k):
     for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"{name} must be a real number, got {v!r}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
     if k <= 0:
         raise ValueError(f"k must be > 0 (it keeps the denominator positive), got {k}")
     if alpha < 0:
@@ -627,6 +660,8 @@ def dropout(x, p, rng):
 def softmax(z):
     """Softmax over the last axis, shifted by the maximum for stability: z (N, K) -> p (N, K)."""
     z = _array("z", z)
+    if z.ndim == 0 or z.shape[-1] == 0:
+        raise ValueError(f"z must have at least one class on its last axis, got shape {tuple(z.shape)}")
     xp = _backend.get_backend().xp
     e = xp.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -637,6 +672,11 @@ def cross_entropy(z, labels):
 
     z (N, K) scores, labels (N,) ints in [0, K) -> (loss, dz) with
     loss = -mean_n log softmax(z)[n, labels[n]] and dz = (softmax(z) - onehot) / N.
+
+    Computed so that nothing cancels when the softmax saturates: with
+    s = z - max(z), log p = s - log1p(sum of exp(s) over all but one maximum),
+    and the label's entry of dz is expm1(log p_label) rather than p_label - 1
+    (which loses every digit of 1 - p_label below float32's 6e-8).
     """
     z = _array("z", z, 2)
     xp = _backend.get_backend().xp
@@ -644,15 +684,21 @@ def cross_entropy(z, labels):
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
     n, k = z.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"z must hold at least one row of at least one class score (N, K >= 1), "
+                         f"got shape {tuple(z.shape)}")
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise ValueError(f"labels must lie in [0, {k}), got values in [{int(labels.min())}, {int(labels.max())}]")
-    shifted = z - z.max(axis=1, keepdims=True)
-    log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     rows = xp.arange(n)
+    top = z.argmax(axis=1)
+    shifted = z - z[rows, top][:, None]
+    e = xp.exp(shifted)
+    e[rows, top] = 0  # exp(0) = 1 of the maximum is the "1" of log1p
+    log_p = shifted - xp.log1p(e.sum(axis=1, keepdims=True))
     loss = -log_p[rows, labels].mean()
     dz = xp.exp(log_p)
-    dz[rows, labels] -= 1
+    dz[rows, labels] = xp.expm1(log_p[rows, labels])
     dz /= n
     return float(loss), dz

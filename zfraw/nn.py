@@ -21,19 +21,20 @@ never look at which backend runs: parameters are arrays of the active backend
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
 
 from zfraw import functional as F
+from zfraw._args import shape_arg
 from zfraw.backend import get_backend, to_host
+from zfraw.io import npz
+from zfraw.io.npz import atomic_savez, atomic_write, read_meta  # noqa: F401  (public here too)
 
 __all__ = [
     "Layer", "Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm", "Linear", "Dropout",
-    "Flatten", "Sequential", "load", "LAYER_TYPES",
+    "Flatten", "Softmax", "Normalize", "Sequential", "load", "LAYER_TYPES",
 ]
 
 
@@ -98,7 +99,10 @@ class Layer:
 
 
 def _normal(rng, shape, std, dtype):
-    """N(0, std^2) weights; ``std="he"`` means sqrt(2 / fan_in) (He et al. 2015)."""
+    """N(0, std^2) weights; ``std="he"`` means sqrt(2 / fan_in) (He et al. 2015);
+    ``std=None``: zeros, no draw (for loaders, which set the weights next)."""
+    if std is None:
+        return np.zeros(shape, dtype)
     if std == "he":
         std = (2.0 / float(np.prod(shape[1:]))) ** 0.5
     elif isinstance(std, str) or not std > 0:
@@ -176,14 +180,23 @@ class ReLU(Layer):
 
 
 class MaxPool2d(Layer):
-    """Max-pooling that keeps its switches; backward and projection unpool through them."""
+    """Max-pooling that keeps its switches; backward and projection unpool through them.
+
+    ``pad`` is an int, (ph, pw) or per side (top, bottom, left, right) (see
+    :func:`zfraw.functional.max_pool2d`); ``self.pad`` keeps the pair form when the
+    padding is symmetric, and ``self.padding`` is always (top, bottom, left, right).
+    """
 
     def __init__(self, size, stride=None, pad=0, ceil_mode=False):
         super().__init__()
         self.size = F._pair("size", size, 1)
         self.stride = self.size if stride is None else F._pair("stride", stride, 1)
-        self.pad, self.ceil_mode = F._pair("pad", pad, 0), bool(ceil_mode)
-        self.geometry = (self.size, self.stride, self.pad)
+        self.padding = F.pool_padding(pad)
+        top, bottom, left, right = self.padding
+        self.pad = (top, left) if (top, left) == (bottom, right) else self.padding
+        self.ceil_mode = bool(ceil_mode)
+        # the window offsets (top, left) place the windows; the far pads only add -inf
+        self.geometry = (self.size, self.stride, (top, left))
         self._cache_switches = None
         self._cache_shape = None
 
@@ -319,7 +332,78 @@ class Flatten(Layer):
         return self.backward(s)
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, ReLU, MaxPool2d, LocalResponseNorm, Linear, Dropout, Flatten)}
+class Softmax(Layer):
+    """p = softmax(z) over the last axis (N, K), as a layer so that an imported
+    network's output matches the file's probabilities.
+
+    backward is the exact adjoint of its Jacobian, dz = p * (dp - sum_k dp_k p_k);
+    projection (every rule) takes the same adjoint.  To train, leave it out and use
+    :func:`zfraw.functional.cross_entropy` on the scores.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._cache_p = None
+
+    def forward(self, x):
+        p = F.softmax(x)
+        self._store(p=p)
+        return p
+
+    def backward(self, dy):
+        p = self._need(self._cache_p, "backward")
+        return p * (dy - (dy * p).sum(axis=-1, keepdims=True))
+
+    def project(self, s, rule="deconvnet"):
+        return self.backward(s)
+
+
+class Normalize(Layer):
+    """An imported network's input preprocessing as a layer (no parameters).
+
+    x (N, 3, H, W) = pixels / 255 in RGB, as every zfraw model takes it ->
+    ``y[:, c] = (x[:, order[c]] * scale - mean[c]) / std[c]``, where ``order`` is
+    (0, 1, 2) for ``"RGB"`` and (2, 1, 0) for ``"BGR"``
+    (see :class:`zfraw.io.preprocess.Preprocessing`).  It is affine, so backward
+    and projection (every rule) apply its linear part transposed:
+    ``dx[:, order[c]] = dy[:, c] * scale / std[c]``, which carries a deconvnet
+    projection back into RGB pixel space.
+    """
+
+    def __init__(self, channel_order="RGB", scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        super().__init__()
+        from zfraw.io.preprocess import Preprocessing
+
+        checked = Preprocessing(channel_order, scale, mean, std)  # validates
+        self.channel_order, self.scale = checked.channel_order, checked.scale
+        self.mean, self.std = checked.mean, checked.std
+        self.order = [2, 1, 0] if self.channel_order == "BGR" else [0, 1, 2]
+
+    def config(self):
+        return dict(channel_order=self.channel_order, scale=self.scale, mean=list(self.mean), std=list(self.std))
+
+    def _coefficients(self, like):
+        xp = get_backend().xp
+        gain = xp.asarray([self.scale / s for s in self.std], dtype=like.dtype).reshape(1, 3, 1, 1)
+        shift = xp.asarray([m / s for m, s in zip(self.mean, self.std)], dtype=like.dtype).reshape(1, 3, 1, 1)
+        return gain, shift
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must be (N, 3, H, W) RGB images, got shape {tuple(x.shape)}")
+        gain, shift = self._coefficients(x)
+        return x[:, self.order] * gain - shift
+
+    def backward(self, dy):
+        gain, _ = self._coefficients(dy)
+        return (dy * gain)[:, self.order]  # order is its own inverse
+
+    def project(self, s, rule="deconvnet"):
+        return self.backward(s)
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, ReLU, MaxPool2d, LocalResponseNorm, Linear, Dropout,
+                                             Flatten, Softmax, Normalize)}
 
 
 class Sequential:
@@ -332,7 +416,7 @@ class Sequential:
     Parameters are named ``"<layer>.<param>"`` (``"conv1.w"``, ``"conv1.b"``).
     """
 
-    def __init__(self, layers, input_shape=None, name="net"):
+    def __init__(self, layers, input_shape=None, name="net", preprocessing=None):
         if isinstance(layers, dict):
             layers = list(layers.items())
         self.layers = OrderedDict()
@@ -347,14 +431,25 @@ class Sequential:
             if lname in self.layers:
                 raise ValueError(f"layer name {lname!r} is used twice")
             self.layers[lname] = layer
-        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.input_shape = None if input_shape is None else shape_arg("input_shape", input_shape, (3,))
         self.name = name
+        #: the :class:`zfraw.io.preprocess.Preprocessing` an imported network expects (None:
+        #: zfraw's own convention, pixels / 255 minus the saved mean); saved in the spec
+        from zfraw.io.preprocess import Preprocessing
+
+        self.preprocessing = Preprocessing.from_dict(preprocessing)
         self.activations = OrderedDict()
 
     # --- access
     @property
     def names(self):
         return list(self.layers)
+
+    @property
+    def dtype(self):
+        """The dtype of the parameters (float32 for a net without any): what inputs are cast to."""
+        params = self.parameters()
+        return next(iter(params.values())).dtype if params else np.dtype(np.float32)
 
     def __getitem__(self, name):
         return self.layers[self.check_layer(name)]
@@ -468,6 +563,11 @@ class Sequential:
         for k, v in state.items():
             if k not in own:
                 continue
+            kind = getattr(getattr(v, "dtype", None), "kind", None)
+            if kind is None:
+                raise TypeError(f"state[{k!r}] must be an array, got {type(v).__name__}")
+            if kind not in "fiu":  # complex would lose its imaginary part, bool/str/object mean nothing here
+                raise TypeError(f"state[{k!r}] must hold real numbers, got dtype {v.dtype}")
             if tuple(v.shape) != tuple(own[k].shape):
                 raise ValueError(f"parameter {k} has shape {tuple(own[k].shape)} but the state gives {tuple(v.shape)}")
             self.set_parameter(k, xp.asarray(v, dtype=own[k].dtype))
@@ -492,8 +592,11 @@ class Sequential:
     # --- architecture and files
     def spec(self):
         """A JSON-able description that rebuilds the architecture (see :func:`load`)."""
-        return dict(name=self.name, input_shape=self.input_shape,
+        spec = dict(name=self.name, input_shape=self.input_shape,
                     layers=[[lname, type(layer).__name__, layer.config()] for lname, layer in self.layers.items()])
+        if self.preprocessing is not None:
+            spec["preprocessing"] = self.preprocessing.to_dict()
+        return spec
 
     @classmethod
     def from_spec(cls, spec):
@@ -501,30 +604,30 @@ class Sequential:
         for lname, type_name, config in spec["layers"]:
             if type_name not in LAYER_TYPES:
                 raise ValueError(f"unknown layer type {type_name!r} for layer {lname!r}")
+            if type_name in ("Conv2d", "Linear"):  # the weights come next: skip the random draw
+                config = dict(config, init_std=None)
             layers.append((lname, LAYER_TYPES[type_name](**config)))
-        return cls(layers, input_shape=spec.get("input_shape"), name=spec.get("name", "net"))
+        return cls(layers, input_shape=spec.get("input_shape"), name=spec.get("name", "net"),
+                   preprocessing=spec.get("preprocessing"))
 
     def save(self, path, **extra):
         """Write the architecture and parameters to ``path`` (.npz), atomically.
 
-        ``extra`` arrays or JSON-able values (class names, training metadata) are stored too.
+        ``extra`` arrays or JSON-able values (class names, training metadata) are
+        stored too (format: :mod:`zfraw.io.npz`).
         """
-        meta = {"spec": self.spec(), "extra": {k: v for k, v in extra.items() if not hasattr(v, "shape")}}
-        arrays = {k: np.asarray(v) for k, v in extra.items() if hasattr(v, "shape")}
-        arrays.update(self.state_dict())
-        arrays["__zfraw__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        atomic_savez(path, arrays)
-        return path
+        return npz.write(path, self.spec(), self.state_dict(), extra=extra)
 
-    def load(self, path, strict=True):
+    def load(self, path, strict=True, allow_float16=False):
         """Load parameters saved by :meth:`save` (or any .npz of ``"layer.param"`` arrays)."""
-        return self.load_state_dict(_read_state(path), strict=strict)
+        return self.load_state_dict(npz.read(path, allow_float16=allow_float16).params, strict=strict)
 
     def summary(self, input_shape=None):
         """Rows (name, type, output shape, parameter count) for one image of ``input_shape``."""
-        shape = input_shape or self.input_shape
+        shape = input_shape if input_shape is not None else self.input_shape
         if shape is None:
             raise ValueError("input_shape is needed (the network does not record one)")
+        shape = shape_arg("input_shape", shape, (3,))
         xp = get_backend().xp
         params = {lname: int(sum(int(np.prod(p.shape)) for p in layer.params.values()))
                   for lname, layer in self.layers.items()}
@@ -543,74 +646,24 @@ class Sequential:
         return f"Sequential(\n{inner}\n)"
 
 
-def atomic_write(path, write, suffix=".tmp"):
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
+def load(path, allow_float16=False):
+    """Rebuild a network (architecture and weights) from a file written by :meth:`Sequential.save`.
 
-    A failure leaves no partial file (and an existing ``path`` untouched).
+    The file is checked when it is read (:func:`zfraw.io.npz.read`): anything but a
+    zfraw ``.npz`` is a ValueError naming the file; parameters must be float32 or
+    float64 (float16 only with ``allow_float16=True``, cast to float32).  The
+    network takes the saved dtype when all parameters share one.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=directory)
+    contents = npz.read(path, allow_float16=allow_float16, require_meta=True)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a new file's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_savez(path, arrays):
-    """np.savez to a temporary file beside ``path``, then rename: never a half-written file."""
-    if not os.fspath(path).endswith(".npz"):
-        raise ValueError(f"path must end in .npz, got {path!r}")
-    return atomic_write(path, lambda fh: np.savez(fh, **arrays), suffix=".npz.tmp")
-
-
-def _umask():
-    """The process's file-creation mask (read by setting it and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _is_parameter(key):
-    """A ``"layer.param"`` key (not metadata, not a checkpoint's ``"velocity/..."``)."""
-    return "." in key and not key.startswith(("__", "velocity/"))
-
-
-def _read_state(path):
-    """The ``"layer.param"`` arrays of a .npz file, by name."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files if _is_parameter(k)}
-
-
-def read_meta(path):
-    """The metadata a :meth:`Sequential.save` file carries ({'spec':..., 'extra':...}).
-
-    ``extra`` holds the JSON values and the arrays that were passed to ``save``.
-    """
-    with np.load(path) as data:
-        if "__zfraw__" not in data.files:
-            raise ValueError(f"{path} was not written by zfraw (it has no architecture record)")
-        meta = json.loads(bytes(data["__zfraw__"]).decode())
-        arrays = {k: data[k] for k in data.files if "." not in k and not k.startswith("__")}
-    if arrays:
-        meta.setdefault("extra", {}).update(arrays)
-    return meta
-
-
-def load(path):
-    """Rebuild a network (architecture and weights) from a file written by :meth:`Sequential.save`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file {path!r} does not exist")
-    net = Sequential.from_spec(read_meta(path)["spec"])
-    state = _read_state(path)
+        net = Sequential.from_spec(contents.spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{os.fspath(path)!r}: its architecture record cannot be rebuilt: {exc}") from None
+    state = contents.params
     dtypes = {v.dtype for v in state.values()}
     if len(dtypes) == 1:  # the layers are built float32: keep the saved dtype (e.g. float64)
         net.astype(dtypes.pop())
-    return net.load_state_dict(state)
+    try:
+        return net.load_state_dict(state)
+    except ValueError as exc:
+        raise ValueError(f"{os.fspath(path)!r}: {exc}") from None

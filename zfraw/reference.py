@@ -14,7 +14,8 @@ Conventions (the same as zfraw and PyTorch):
 
 * images are NCHW, conv weights (F, C // groups, kh, kw), convolution is
   cross-correlation;
-* ``stride`` and ``pad`` are ints or (h, w) pairs;
+* ``stride`` and ``pad`` are ints or (h, w) pairs; a pooling ``pad`` may also be
+  per side, (top, bottom, left, right);
 * max-pool switches are flat indices h*W + w into the unpadded input plane,
   ties go to the first maximum in row-major window order and a NaN wins.
 """
@@ -66,15 +67,16 @@ def conv_output_size(size, k, stride, pad):
 
 
 def pool_output_size(size, k, stride, pad, ceil_mode=False):
-    """Pooled size by PyTorch's rule.
+    """Pooled size by PyTorch's rule; ``pad`` an int or (before, after).
 
-    floor (or, with ``ceil_mode``, ceil) of (size + 2 pad - k) / stride, plus one;
-    in ceil mode a last window that would start at or beyond ``size + pad``
-    (entirely in the right padding) is dropped.
+    floor (or, with ``ceil_mode``, ceil) of (size + before + after - k) / stride,
+    plus one; in ceil mode a last window that would start at or beyond
+    ``size + before`` (entirely in the after-padding) is dropped.
     """
-    span = (size + 2 * pad - k) / stride
+    before, after = _pair(pad)
+    span = (size + before + after - k) / stride
     out = (math.ceil(span) if ceil_mode else math.floor(span)) + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
+    if ceil_mode and (out - 1) * stride >= size + before:
         out -= 1
     return out
 
@@ -201,14 +203,23 @@ def conv_matrix(w, input_shape, stride=1, pad=0, groups=1):
 
 # ============================================================== pooling
 
+def _pool_pads(pad):
+    """(top, bottom, left, right) from an int, (ph, pw) or four ints."""
+    if isinstance(pad, (tuple, list)) and len(pad) == 4:
+        return tuple(int(v) for v in pad)
+    ph, pw = _pair(pad)
+    return ph, ph, pw, pw
+
+
 def _pool_geometry(x_shape, size, stride, pad, ceil_mode):
+    """(kh, kw, sh, sw, top, left, ho, wo, bottom, right)."""
     kh, kw = _pair(size)
     sh, sw = (kh, kw) if stride is None else _pair(stride)
-    ph, pw = _pair(pad)
+    top, bottom, left, right = _pool_pads(pad)
     h, w = x_shape[-2:]
-    ho = pool_output_size(h, kh, sh, ph, ceil_mode)
-    wo = pool_output_size(w, kw, sw, pw, ceil_mode)
-    return kh, kw, sh, sw, ph, pw, ho, wo
+    ho = pool_output_size(h, kh, sh, (top, bottom), ceil_mode)
+    wo = pool_output_size(w, kw, sw, (left, right), ceil_mode)
+    return kh, kw, sh, sw, top, left, ho, wo, bottom, right
 
 
 def max_pool2d_switches(x, size, stride=None, pad=0, ceil_mode=False):
@@ -221,7 +232,7 @@ def max_pool2d_switches(x, size, stride=None, pad=0, ceil_mode=False):
     """
     x = _f64(x)
     n, c, h, w = x.shape
-    kh, kw, sh, sw, ph, pw, ho, wo = _pool_geometry(x.shape, size, stride, pad, ceil_mode)
+    kh, kw, sh, sw, ph, pw, ho, wo, _, _ = _pool_geometry(x.shape, size, stride, pad, ceil_mode)
     switches = np.empty((n, c, ho, wo), dtype=np.int64)
     for ni in range(n):
         for ci in range(c):
@@ -250,21 +261,23 @@ def max_pool2d(x, size, stride=None, pad=0, ceil_mode=False):
     holds a NaN gives NaN); the switches from :func:`max_pool2d_switches`.
     """
     x = _f64(x)
-    kh, kw, sh, sw, ph, pw, ho, wo = _pool_geometry(x.shape, size, stride, pad, ceil_mode)
+    kh, kw, sh, sw, top, left, ho, wo, bottom, right = _pool_geometry(x.shape, size, stride, pad, ceil_mode)
     h, w = x.shape[-2:]
-    extra_h = max(0, (ho - 1) * sh + kh - (h + 2 * ph))  # ceil mode: a window past the padding
-    extra_w = max(0, (wo - 1) * sw + kw - (w + 2 * pw))
+    # rows/columns past the input: the after-padding, or further where a ceil-mode window reaches
+    bottom = max(bottom, (ho - 1) * sh + kh - (h + top))
+    right = max(right, (wo - 1) * sw + kw - (w + left))
     nan = np.isnan(x)
-    xpad = _pad_hw(np.where(nan, -np.inf, x), ph, pw, -np.inf, extra_h, extra_w)
-    nanpad = _pad_hw(nan.astype(np.float64), ph, pw, 0.0, extra_h, extra_w)
+    pads = ((0, 0), (0, 0), (top, bottom), (left, right))
+    xpad = np.pad(np.where(nan, -np.inf, x), pads, mode="constant", constant_values=-np.inf)
+    nanpad = np.pad(nan.astype(np.float64), pads, mode="constant", constant_values=0.0)
     # maximum_filter's window for an output at i is [i - k//2, i - k//2 + k): a window
     # starting at s is read at its centre s + k//2.
     footprint = (1, 1, kh, kw)
-    top = scipy.ndimage.maximum_filter(xpad, size=footprint, mode="constant", cval=-np.inf)
+    peak = scipy.ndimage.maximum_filter(xpad, size=footprint, mode="constant", cval=-np.inf)
     has_nan = scipy.ndimage.maximum_filter(nanpad, size=footprint, mode="constant", cval=0.0)
     rows = np.arange(ho) * sh + kh // 2
     cols = np.arange(wo) * sw + kw // 2
-    y = top[:, :, rows[:, None], cols[None, :]]
+    y = peak[:, :, rows[:, None], cols[None, :]]
     y[has_nan[:, :, rows[:, None], cols[None, :]] > 0] = np.nan
     return y, max_pool2d_switches(x, size, stride, pad, ceil_mode)
 

@@ -52,8 +52,10 @@ True
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -61,7 +63,7 @@ from PIL import Image, ImageDraw
 from zfraw._args import int_arg
 
 __all__ = [
-    "CLASSES", "DESCRIPTIONS", "SPLITS", "render", "make_dataset", "SyntheticDataset",
+    "CLASSES", "DESCRIPTIONS", "SPLITS", "PARTS", "Part", "render", "make_dataset", "SyntheticDataset",
     "contact_sheet",
 ]
 
@@ -177,15 +179,41 @@ class _Painter:
     colour through it, so a shape with a hole shows the background inside.
     """
 
-    def __init__(self, canvas):
+    def __init__(self, canvas, record=False):
         self.canvas = canvas
         self.draw = ImageDraw.Draw(canvas)
+        #: with ``record``: (part name, [flat polygons]) in drawing order, see :meth:`part`
+        self.parts = [] if record else None
+        self._current = None
+
+    @contextlib.contextmanager
+    def part(self, name):
+        """Record the solid polygons drawn inside this block as one part called ``name``.
+
+        Recording only keeps the polygons; it draws nothing and uses no randomness,
+        so an image is the same whether its parts are recorded or not.
+        """
+        if self.parts is None:
+            yield
+            return
+        self._current = []
+        try:
+            yield
+        finally:
+            self.parts.append((name, self._current))
+            self._current = None
+
+    def _record(self, polygons):
+        if self._current is not None:
+            self._current.extend(polygons)
 
     def fill(self, colour, *polygons):
+        self._record(polygons)
         for p in polygons:
             self.draw.polygon(p, fill=_rgb(colour))
 
     def layer(self, colour, solid, holes=()):
+        self._record(solid)
         mask = Image.new("L", self.canvas.size, 0)
         d = ImageDraw.Draw(mask)
         for p in solid:
@@ -215,7 +243,8 @@ def _draw_bicycle(f, paint, rng, fg, bg):
     seat = (-0.1 * rng.uniform(0.5, 1.5), y - rng.uniform(0.55, 0.7))
     top = (gap * 0.75, seat[1] + 0.05)
     for rx in (-gap, gap):
-        _wheel(f, paint, rng, fg, frame, rx, y, r, tyre)
+        with paint.part("wheel"):
+            _wheel(f, paint, rng, fg, frame, rx, y, r, tyre)
     paint.fill(frame, f(_bar(left, right, w)), f(_bar(left, seat, w)), f(_bar(seat, right, w)),
                f(_bar(seat, top, w)), f(_bar(top, right, w)),
                f(_bar((seat[0] - 0.14, seat[1] - 0.02), (seat[0] + 0.14, seat[1] - 0.02), w * 1.4)))
@@ -230,11 +259,14 @@ def _draw_car(f, paint, rng, fg, bg):
     slant = rng.uniform(0.05, 0.2)
     body = _rect(-0.95, h0, 0.95, h1)
     cabin = np.array([(cab_l, h0), (cab_l + slant, cab_top), (cab_r - slant, cab_top), (cab_r, h0)])
-    paint.fill(fg, f(body), f(cabin))
+    paint.fill(fg, f(body))
+    with paint.part("cabin"):
+        paint.fill(fg, f(cabin))
     r = rng.uniform(0.22, 0.28)
     for wx in (-0.55, 0.55):
-        paint.fill(wheel, f(_circle(wx, h1, r)))
-        paint.fill(hub, f(_circle(wx, h1, r * rng.uniform(0.3, 0.45))))
+        with paint.part("wheel"):
+            paint.fill(wheel, f(_circle(wx, h1, r)))
+            paint.fill(hub, f(_circle(wx, h1, r * rng.uniform(0.3, 0.45))))
 
 
 def _draw_face(f, paint, rng, fg, bg):
@@ -242,11 +274,14 @@ def _draw_face(f, paint, rng, fg, bg):
     r = rng.uniform(0.75, 0.92)
     paint.fill(fg, f(_circle(0, 0, r)))
     ex, ey, er = rng.uniform(0.25, 0.38) * r, -rng.uniform(0.15, 0.3) * r, rng.uniform(0.1, 0.16) * r
-    paint.fill(feat, f(_circle(-ex, ey, er)), f(_circle(ex, ey, er)))
+    for x in (-ex, ex):
+        with paint.part("eye"):
+            paint.fill(feat, f(_circle(x, ey, er)))
     half = rng.uniform(0.45, 0.8)             # half the opening of the smile, in radians
     mr = rng.uniform(0.35, 0.5) * r
-    paint.fill(feat, f(_arc_band(0, 0.05 * r, mr, rng.uniform(0.08, 0.14) * r,
-                                 np.pi / 2 - half, np.pi / 2 + half)))
+    with paint.part("mouth"):
+        paint.fill(feat, f(_arc_band(0, 0.05 * r, mr, rng.uniform(0.08, 0.14) * r,
+                                     np.pi / 2 - half, np.pi / 2 + half)))
 
 
 def _draw_house(f, paint, rng, fg, bg):
@@ -257,10 +292,12 @@ def _draw_house(f, paint, rng, fg, bg):
     peak = -rng.uniform(0.8, 0.95)
     over = rng.uniform(0.08, 0.2)
     paint.fill(fg, f(_rect(-w, eave, w, 0.9)))
-    paint.fill(roof, f(np.array([(-w - over, eave), (0, peak), (w + over, eave)])))
+    with paint.part("roof"):
+        paint.fill(roof, f(np.array([(-w - over, eave), (0, peak), (w + over, eave)])))
     dx = rng.uniform(-0.5, 0.5) * w * 0.6
     dw = rng.uniform(0.15, 0.22)
-    paint.fill(door, f(_rect(dx - dw, 0.9 - rng.uniform(0.35, 0.5), dx + dw, 0.9)))
+    with paint.part("door"):
+        paint.fill(door, f(_rect(dx - dw, 0.9 - rng.uniform(0.35, 0.5), dx + dw, 0.9)))
 
 
 def _draw_star(f, paint, rng, fg, bg):
@@ -287,7 +324,8 @@ def _draw_flag(f, paint, rng, fg, bg):
     step = (bottom - top) / n
     for k in range(n):
         paint.fill(fg if k % 2 == 0 else second, f(_rect(x0, top + k * step, x1, top + (k + 1) * step)))
-    paint.fill(pole, f(_bar((x0, top - 0.08), (x0, 0.95), rng.uniform(0.08, 0.13))))
+    with paint.part("pole"):
+        paint.fill(pole, f(_bar((x0, top - 0.08), (x0, 0.95), rng.uniform(0.08, 0.13))))
 
 
 def _draw_checkerboard(f, paint, rng, fg, bg):
@@ -305,8 +343,9 @@ def _draw_arrow(f, paint, rng, fg, bg):
     w = rng.uniform(0.22, 0.32)
     neck = rng.uniform(0.1, 0.35)
     half = rng.uniform(0.4, 0.55)
-    paint.fill(fg, f(_bar((-0.95, 0), (neck + 0.05, 0), w)),
-               f(np.array([(neck, -half), (0.95, 0), (neck, half)])))
+    paint.fill(fg, f(_bar((-0.95, 0), (neck + 0.05, 0), w)))
+    with paint.part("head"):
+        paint.fill(fg, f(np.array([(neck, -half), (0.95, 0), (neck, half)])))
 
 
 _DRAW = {
@@ -405,7 +444,75 @@ def _check_size(size):
     return size
 
 
-def render(label, rng, size=64):
+class Part(NamedTuple):
+    """Where the generator drew one object part in an image.
+
+    ``box`` is (top, left, bottom, right) in output pixels, bottom/right exclusive
+    (the convention of :func:`zfraw.deconvnet.patch_box`), computed from the part's
+    polygon vertices and clipped to the image; it is None when the part lies wholly
+    outside the image.  ``mask`` is bool (size, size): the pixels the part's filled
+    polygons cover (partly or wholly), whether or not a later shape paints over them.
+    """
+
+    box: Optional[Tuple[int, int, int, int]]
+    mask: np.ndarray
+
+
+#: the parts :func:`render` reports per class (``return_parts=True``); "left" and
+#: "right" are as seen in the image (by the part's centre column), whatever the mirror
+PARTS = {
+    "bicycle": ("left_wheel", "right_wheel"),
+    "car": ("left_wheel", "right_wheel", "cabin"),
+    "face": ("left_eye", "right_eye", "mouth"),
+    "house": ("roof", "door"),
+    "star": (), "cross": (), "ring": (),
+    "flag": ("pole",),
+    "checkerboard": (),
+    "arrow": ("head",),
+}
+
+
+def _vertex_box(polygons, size):
+    """The output-pixel box around canvas polygons (flat [x0, y0, x1, y1, ...] lists).
+
+    A canvas pixel c lies in output pixel c // _SUPERSAMPLE; one canvas pixel of
+    margin each side covers Pillow's rasterization of the edges.
+    """
+    pts = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygons])
+    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+    top, left = math.floor((y0 - 1) / _SUPERSAMPLE), math.floor((x0 - 1) / _SUPERSAMPLE)
+    bottom, right = math.floor((y1 + 1) / _SUPERSAMPLE) + 1, math.floor((x1 + 1) / _SUPERSAMPLE) + 1
+    top, left, bottom, right = max(top, 0), max(left, 0), min(bottom, size), min(right, size)
+    return (top, left, bottom, right) if bottom > top and right > left else None
+
+
+def _coverage(polygons, big):
+    """bool (big // _SUPERSAMPLE,) * 2: output pixels any of the canvas polygons touches."""
+    mask = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(mask)
+    for p in polygons:
+        draw.polygon(p, fill=255)
+    return np.asarray(mask.reduce(_SUPERSAMPLE)) > 0
+
+
+def _name_parts(recorded, big):
+    """(name, polygons) in drawing order -> {name: Part}; a name drawn twice becomes
+    ``left_<name>`` and ``right_<name>`` by the centre column of each box."""
+    size = big // _SUPERSAMPLE
+    parts = [(name, Part(_vertex_box(polys, size), _coverage(polys, big))) for name, polys in recorded]
+    out = {}
+    for name in dict.fromkeys(n for n, _ in parts):
+        same = [p for n, p in parts if n == name]
+        if len(same) == 1:
+            out[name] = same[0]
+            continue
+        centre = [np.flatnonzero(p.mask.any(axis=0)).mean() if p.mask.any() else np.inf for p in same]
+        left, right = (same[k] for k in np.argsort(centre, kind="stable"))
+        out["left_" + name], out["right_" + name] = left, right
+    return out
+
+
+def render(label, rng, size=64, return_parts=False):
     """Draw one image of a class.
 
     Parameters
@@ -416,11 +523,16 @@ def render(label, rng, size=64):
         The source of every random choice (the image is a pure function of its state).
     size : int
         Side of the square output image, >= 16.
+    return_parts : bool
+        Also return where each part of :data:`PARTS` was drawn.  The image is the
+        same either way (recording draws nothing and draws no random numbers).
 
     Returns
     -------
     numpy.ndarray
         uint8 (size, size, 3), RGB.
+    parts : dict, with ``return_parts``
+        part name -> :class:`Part` (box and mask), for the names of ``PARTS[class]``, in that order.
     """
     name = CLASSES[_label_index(label)]
     size = _check_size(size)
@@ -431,7 +543,7 @@ def render(label, rng, size=64):
     bg, stripes = _background(rng, size)
     bg_mean = bg.mean(axis=(0, 1))
     canvas = Image.fromarray(bg.round().astype(np.uint8)).resize((big, big), Image.BILINEAR)
-    paint = _Painter(canvas)
+    paint = _Painter(canvas, record=bool(return_parts))
     if stripes:
         _draw_stripes(rng, paint, big, bg_mean)
     _draw_clutter(rng, paint, big, bg_mean)
@@ -451,7 +563,12 @@ def render(label, rng, size=64):
     img = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float64)   # box filter: area average
     sigma = rng.uniform(0.0, 10.0)
     img = img + rng.normal(0.0, sigma, size=img.shape)
-    return np.clip(img.round(), 0, 255).astype(np.uint8)
+    img = np.clip(img.round(), 0, 255).astype(np.uint8)
+    if not return_parts:
+        return img
+    # clutter and stripes are drawn outside any part block, so only the object's parts are here
+    parts = _name_parts(paint.parts, big)
+    return img, {part: parts[part] for part in PARTS[name]}
 
 
 def _split_key(split):
@@ -505,7 +622,7 @@ class SyntheticDataset:
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, i):
+    def _index(self, i):
         try:
             i = operator.index(i)
         except TypeError:
@@ -515,8 +632,48 @@ class SyntheticDataset:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n} images")
+        return i
+
+    def __getitem__(self, i):
+        i = self._index(i)
         label = int(self.labels[i])
         return render(label, _image_rng(self.seed, self._key, i), self.size), label
+
+    def parts(self, i):
+        """Image ``i`` with its parts: ``(image, label, {part name: Part})`` (see :data:`PARTS`)."""
+        i = self._index(i)
+        label = int(self.labels[i])
+        image, parts = render(label, _image_rng(self.seed, self._key, i), self.size, return_parts=True)
+        return image, label, parts
+
+    def part_boxes(self, label, part, n, start=0):
+        """The first ``n`` images (from index ``start``) of class ``label`` whose ``part`` lies
+        (at least partly) inside the image, with its box.
+
+        Returns ``(indices int64 (m,), images uint8 (m, size, size, 3), boxes int64 (m, 4))``,
+        m <= n (fewer when the dataset runs out), boxes as (top, left, bottom, right),
+        bottom/right exclusive.
+        """
+        k = _label_index(label)
+        name = CLASSES[k]
+        if part not in PARTS[name]:
+            raise ValueError(f"part: class {name!r} has the parts {list(PARTS[name])}, got {part!r}")
+        n = int_arg("n", n, 1)
+        indices, images, boxes = [], [], []
+        for i in np.flatnonzero(self.labels == k):
+            if i < start:
+                continue
+            image, _, parts = self.parts(int(i))
+            if parts[part].box is None:
+                continue
+            indices.append(int(i))
+            images.append(image)
+            boxes.append(parts[part].box)
+            if len(indices) == n:
+                break
+        shape = (0, self.size, self.size, 3)
+        return (np.asarray(indices, dtype=np.int64), np.stack(images) if images else np.empty(shape, np.uint8),
+                np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
 
     def __iter__(self):
         for i in range(len(self)):

@@ -20,11 +20,13 @@ import numpy as np
 
 from zfraw import functional as F
 from zfraw.backend import get_backend, to_host
-from zfraw.nn import Conv2d, Dropout, Sequential, atomic_savez
+from zfraw._args import int_arg
+from zfraw.io import npz
+from zfraw.nn import Conv2d, Dropout, Sequential
 
 __all__ = [
     "SGD", "StepSchedule", "PlateauSchedule", "renormalize_filters", "filter_rms",
-    "train_step", "evaluate", "fit", "History", "load_checkpoint",
+    "train_step", "evaluate", "fit", "History", "load_checkpoint", "save_snapshot", "snapshot_path",
 ]
 
 
@@ -143,18 +145,31 @@ class StepSchedule:
 
 
 class PlateauSchedule:
-    """Divide the learning rate by ``factor`` whenever validation loss has not improved for ``patience`` epochs."""
+    """Divide the learning rate by ``factor`` whenever the watched loss has not improved for ``patience`` epochs.
 
-    def __init__(self, factor=10.0, patience=2):
-        if not factor > 0:
-            raise ValueError(f"factor must be > 0, got {factor}")
-        if not int(patience) >= 1:
-            raise ValueError(f"patience must be >= 1 epoch, got {patience}")
-        self.factor, self.patience = float(factor), int(patience)
+    ``monitor`` is the :class:`History` field watched (``"val_loss"``, or
+    ``"train_loss"`` for a run without validation); an improvement is a loss
+    below the best so far by more than 1e-4.  The rate never goes below
+    ``min_lr`` (once there, it stays).  The rate of an epoch depends only on
+    the history before it, so a resumed run gets the same rates.
+    """
+
+    MONITORS = ("val_loss", "train_loss")
+
+    def __init__(self, factor=10.0, patience=2, min_lr=0.0, monitor="val_loss"):
+        if not factor > 1:
+            raise ValueError(f"factor must be > 1 (the rate is divided by it), got {factor}")
+        patience = int_arg("patience", patience, 1)
+        if not (min_lr >= 0 and math.isfinite(min_lr)):
+            raise ValueError(f"min_lr must be a finite number >= 0, got {min_lr}")
+        if monitor not in self.MONITORS:
+            raise ValueError(f"monitor must be one of {self.MONITORS}, got {monitor!r}")
+        self.factor, self.patience, self.min_lr, self.monitor = float(factor), int(patience), float(min_lr), monitor
 
     def __call__(self, base_lr, epoch, history):
         lr, best, wait = base_lr, math.inf, 0
-        for loss in history.val_loss[:epoch]:
+        floor = min(self.min_lr, base_lr)
+        for loss in getattr(history, self.monitor)[:epoch]:
             if math.isnan(loss):  # no validation that epoch: no evidence of a plateau
                 continue
             if loss < best - 1e-4:
@@ -162,7 +177,7 @@ class PlateauSchedule:
             else:
                 wait += 1
                 if wait >= self.patience:
-                    lr, wait = lr / self.factor, 0
+                    lr, wait = max(lr / self.factor, floor), 0
         return lr
 
 
@@ -196,7 +211,7 @@ def evaluate(net, batches):
         count += len(labels)
     net.clear()
     if count == 0:
-        raise ValueError("evaluate got no batches")
+        raise ValueError("evaluate got no batches (is the validation set empty?)")
     return total_loss / count, correct / count
 
 
@@ -236,12 +251,8 @@ def _set_dropout_states(net, states):
 
 
 def _save_checkpoint(path, net, opt, history, epoch, extra):
-    arrays = dict(net.state_dict())
-    arrays.update(opt.state_dict())
-    meta = {"spec": net.spec(), "extra": extra, "epoch": epoch, "history": json.loads(history.to_json()),
-            "dropout_rng": _dropout_states(net)}
-    arrays["__zfraw__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    atomic_savez(path, arrays)
+    npz.write(path, net.spec(), net.state_dict(), extra=extra, arrays=opt.state_dict(), epoch=epoch,
+              history=json.loads(history.to_json()), dropout_rng=_dropout_states(net))
 
 
 def load_checkpoint(path, net, opt=None):
@@ -249,19 +260,47 @@ def load_checkpoint(path, net, opt=None):
 
     The dropout generators are restored too, so a resumed run continues exactly.
     """
-    with np.load(path) as data:
-        meta = json.loads(bytes(data["__zfraw__"]).decode())
-        state = {k: data[k] for k in data.files if not k.startswith("__")}
-    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("velocity/")})
+    contents = npz.read(path, require_meta=True)
+    meta = contents.meta
+    net.load_state_dict(contents.params)
     _set_dropout_states(net, meta.get("dropout_rng", {}))
     if opt is not None:
-        opt.load_state_dict(state)
-    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), meta.get("extra", {})
+        opt.load_state_dict(contents.other)
+    return int(meta.get("epoch", 0)), History(**meta.get("history", {})), contents.extra
+
+
+def snapshot_path(snapshot_dir, epoch):
+    """Where :func:`fit` keeps the snapshot after ``epoch`` (1-based): ``snapshot_dir/epochNNN.npz``."""
+    return os.path.join(os.fspath(snapshot_dir), f"epoch{int(epoch):03d}.npz")
+
+
+def save_snapshot(net, snapshot_dir, epoch, extra=None):
+    """Save the weights after ``epoch`` with ``net.save`` (a temporary name, then ``os.replace``).
+
+    The file (:func:`snapshot_path`) is a whole model, loadable with
+    :func:`zfraw.nn.load`, that also records ``epoch`` and ``extra`` (class
+    names, mean); a write that fails or is killed leaves any older file intact.
+    """
+    return net.save(snapshot_path(snapshot_dir, epoch), **dict(extra or {}), epoch=int(epoch))
+
+
+def _check_snapshots(snapshots, snapshot_dir):
+    if snapshots is None:
+        return set()
+    try:
+        epochs = {int(e) for e in snapshots}
+    except (TypeError, ValueError):
+        raise TypeError(f"snapshots must be epoch numbers (ints), got {snapshots!r}") from None
+    if any(e < 1 for e in epochs):
+        raise ValueError(f"snapshots must be epochs >= 1, got {sorted(epochs)}")
+    if epochs and snapshot_dir is None:
+        raise ValueError("snapshot_dir is needed when snapshots are asked for")
+    return epochs
 
 
 def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, weight_decay=5e-4,
         renorm_radius=0.1, schedule=None, checkpoint=None, resume=False, progress=True, extra=None,
-        on_epoch=None):
+        on_epoch=None, snapshots=None, snapshot_dir=None):
     """Train ``net`` with SGD and return its :class:`History`.
 
     train_batches: a function ``epoch -> iterable of (x, labels)`` (so each epoch
@@ -270,16 +309,27 @@ def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, 
     ``(base_lr, epoch, history) -> lr`` (:class:`StepSchedule`,
     :class:`PlateauSchedule`) or None for a constant rate; checkpoint: a ``.npz``
     path written atomically after every epoch (weights, velocities, history);
-    resume: continue from that checkpoint when it exists; on_epoch: called as
-    ``on_epoch(epoch, net, history)`` after each epoch (e.g. to save snapshots).
+    resume: continue from that checkpoint when it exists (temporaries of a
+    checkpoint write that was killed half-way are removed first); on_epoch:
+    called as ``on_epoch(epoch, net, history)`` after each epoch (e.g. to save
+    the best model so far); snapshots: epochs (1-based) after which the weights
+    are kept in ``snapshot_dir`` (:func:`save_snapshot`), for the
+    feature-evolution pictures of :mod:`zfraw.analysis.evolution`.
+
+    An epoch that makes no update (no batch) is a ``ValueError``; a loss that
+    stops being finite (training or validation) a ``FloatingPointError``, so no
+    run ends with NaN metrics.
     """
     if not isinstance(net, Sequential):
         raise TypeError(f"net must be a zfraw.nn.Sequential, got {type(net).__name__}")
     if not callable(train_batches):
         raise TypeError("train_batches must be a function epoch -> iterable of (x, labels) batches")
-    epochs = int(epochs)
+    epochs = int_arg("epochs", epochs, 1)
+    snapshots = _check_snapshots(snapshots, snapshot_dir)
     opt = SGD(net, lr, momentum, weight_decay, renorm_radius)
     history, start = History(), 0
+    if checkpoint:
+        npz.remove_stale_temporaries(checkpoint)  # left by a write that was killed half-way
     if resume and checkpoint and os.path.exists(checkpoint):
         start, history, _ = load_checkpoint(checkpoint, net, opt)
     extra = dict(extra or {})
@@ -298,22 +348,29 @@ def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, 
             bar.set_postfix(loss=f"{np.average(losses[-50:], weights=sizes[-50:]):.3f}",
                             acc=f"{np.average(accs[-50:], weights=sizes[-50:]):.3f}")
         net.clear()
+        if not losses:
+            raise ValueError(f"train_batches({epoch}) gave no batch, so epoch {epoch + 1} made no update "
+                             f"(fewer training images than one batch, with drop_last?)")
         history.epoch.append(epoch + 1)
         history.lr.append(opt.lr)
-        history.train_loss.append(float(np.average(losses, weights=sizes)) if losses else float("nan"))
-        history.train_acc.append(float(np.average(accs, weights=sizes)) if accs else float("nan"))
+        history.train_loss.append(float(np.average(losses, weights=sizes)))
+        history.train_acc.append(float(np.average(accs, weights=sizes)))
+        vl = va = float("nan")
         if val_batches is not None:
             vl, va = evaluate(net, val_batches())
-        else:
-            vl, va = float("nan"), float("nan")
+            if not math.isfinite(vl):
+                raise FloatingPointError(f"the validation loss became {vl} in epoch {epoch + 1}: "
+                                         f"lower the learning rate (lr={opt.lr})")
         history.val_loss.append(vl)
         history.val_acc.append(va)
         history.seconds.append(time.perf_counter() - t0)
+        val_text = f"  val loss {vl:.4f} acc {va:.3f}" if val_batches is not None else ""
         _log(f"epoch {epoch + 1}/{epochs}: lr {opt.lr:.2e}  train loss {history.train_loss[-1]:.4f} "
-                   f"acc {history.train_acc[-1]:.3f}  val loss {vl:.4f} acc {va:.3f}  ({history.seconds[-1]:.0f} s)",
-             progress)
+             f"acc {history.train_acc[-1]:.3f}{val_text}  ({history.seconds[-1]:.0f} s)", progress)
         if checkpoint:
             _save_checkpoint(checkpoint, net, opt, history, epoch + 1, extra)
+        if epoch + 1 in snapshots:
+            save_snapshot(net, snapshot_dir, epoch + 1, extra)
         if on_epoch is not None:
             on_epoch(epoch + 1, net, history)
     net.eval()

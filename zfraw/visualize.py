@@ -11,7 +11,8 @@ of Zeiler & Fergus 2014:
   layer, the 9 dataset images that excite it most: on the left the projection
   of each image's strongest activation alone, on the right the image patch
   that activation sees (its receptive field), both cropped to the same box so
-  that they line up (:func:`top_activations`, :func:`top9`);
+  that they line up (:func:`top9`; the search itself, :func:`top_activations` and
+  :func:`scan_layers`, lives in :mod:`zfraw.analysis.topk` and is re-exported here);
 - the layer-1 filters as a montage (:func:`filters_image`, fig. 6);
 - a plain-text architecture table with output shapes, parameter counts and
   receptive fields (:func:`architecture_table`, :func:`format_table`).
@@ -25,27 +26,24 @@ of Zeiler & Fergus 2014:
 from __future__ import annotations
 
 import math
-import operator
 from collections import OrderedDict
-from typing import NamedTuple, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from zfraw import data as _data
 from zfraw import deconvnet
-from zfraw._args import int_arg
+from zfraw._args import int_arg, shape_arg
+from zfraw.analysis.topk import (CHOOSE_MODES, Activation, choose_features, scan_layers,  # noqa: F401 (re-exported)
+                                 top_activations)
 from zfraw.backend import get_backend, to_host
 from zfraw.nn import Conv2d, Flatten, Linear, Sequential
 
 __all__ = [
     "Activation", "projection_to_image", "image_to_uint8", "grid", "upscale", "caption",
-    "top_activations", "scan_layers", "choose_features", "top9", "project_image",
-    "filters_image", "architecture_table", "format_table", "CHOOSE_MODES",
+    "top_activations", "scan_layers", "choose_features", "top9", "project_image", "beside_input",
+    "filters_image", "architecture_table", "format_table", "format_cell", "CHOOSE_MODES",
 ]
-
-#: how :func:`choose_features` picks features when none are given
-CHOOSE_MODES = ("top", "spread")
 
 GREY = 128
 
@@ -108,7 +106,7 @@ def image_to_uint8(x, mean=None):
     if x.shape[0] != 3:
         raise ValueError(f"x: expected 3 channels (3, H, W), got shape {x.shape}")
     if mean is not None:
-        x = x + _data._mean_chw(_host(mean, "mean"), x.shape[1], x.shape[2])
+        x = x + _data.mean_chw(_host(mean, "mean"), x.shape[1], x.shape[2])
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
@@ -210,270 +208,11 @@ def _beside(left, right, gap=12, background=(255, 255, 255)):
     return out
 
 
-# --------------------------------------------------------------------------- top activations
-class Activation(NamedTuple):
-    """One of a feature's strongest activations: its ``value``, the dataset ``index`` of the
-    image, and its ``location`` (row, col) in the feature map ((0, 0) for fc layers)."""
-
-    value: float
-    index: int
-    location: Tuple[int, int]
-
-
-def _image_maxima(a):
-    """Per image and feature, the strongest activation and where it is.
-
-    a (B, C, H, W) or (B, C) on the active backend -> host arrays values (B, C),
-    flat locations (B, C) (the first maximum in row-major order, as
-    :func:`zfraw.deconvnet.select` picks it), and the map width.
-    """
-    b, c = a.shape[:2]
-    maps = a.reshape(b, c, -1)
-    loc = maps.argmax(axis=2)
-    val = get_backend().xp.take_along_axis(maps, loc[:, :, None], axis=2)[:, :, 0]
-    width = a.shape[3] if a.ndim == 4 else 1
-    return np.asarray(to_host(val), dtype=np.float64), np.asarray(to_host(loc), dtype=np.int64), width
-
-
-class _TopK:
-    """The k strongest (value, index, location) per feature, merged batch by batch.
-
-    Holds (C, k) arrays only: each batch's (C, B) maxima are merged with the
-    kept (C, k) and cut back to k.  Order: value descending, then dataset index
-    ascending (so ties are deterministic); a NaN activation ranks below every
-    number (and is not reported).
-    """
-
-    def __init__(self, k):
-        self.k = k
-        self.val = self.idx = self.loc = None
-
-    def add(self, val, idx, loc):
-        """val, loc (B, C) and idx (B,) for one batch."""
-        b, c = val.shape
-        val = np.where(np.isnan(val), -np.inf, val).T  # (C, B)
-        idx = np.broadcast_to(np.asarray(idx, dtype=np.int64)[None, :], (c, b))
-        loc = loc.T
-        if self.val is not None:
-            val = np.concatenate([self.val, val], axis=1)
-            idx = np.concatenate([self.idx, idx], axis=1)
-            loc = np.concatenate([self.loc, loc], axis=1)
-        keep = self._select(val, idx)
-        rows = np.arange(c)[:, None]
-        self.val, self.idx, self.loc = val[rows, keep], idx[rows, keep], loc[rows, keep]
-
-    def _select(self, val, idx):
-        """Columns of the k best per row, best first: sorted by (-value, index).
-
-        The rows hold only the k kept plus one batch, so an exact sort
-        (``np.lexsort``) costs little next to the forward pass and, unlike a
-        partition, orders ties deterministically.
-        """
-        return np.lexsort((idx, -val), axis=1)[:, :self.k]
-
-    def records(self, feature, width):
-        out = []
-        for v, i, l in zip(self.val[feature], self.idx[feature], self.loc[feature]):
-            if v == -np.inf:  # a NaN entered here: nothing real to report
-                continue
-            out.append(Activation(float(v), int(i), (int(l // width), int(l % width))))
-        return out
-
-
-def _dataset_len(dataset):
-    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        raise TypeError(f"dataset: expected a sequence of (image, label), got {type(dataset).__name__}")
-    return len(dataset)
-
-
-def _transform_one(transform, image, i):
-    x = transform(image)
-    if not isinstance(x, np.ndarray) or x.ndim != 3:
-        raise ValueError(f"transform of item {i}: expected a float array (C, h, w), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
-    return x
-
-
-def _stream(dataset, batch_size, transform, limit=None):
-    """Yield (x float32 (B, C, h, w), dataset indices (B,)) in dataset order, one batch at a time.
-
-    Items that raise :class:`zfraw.data.DataError` are skipped with a warning when the
-    dataset asks for it (``skip_bad``), so indices are the true dataset indices.
-    """
-    n = _dataset_len(dataset) if limit is None else min(limit, _dataset_len(dataset))
-    transform = _data.to_chw_float if transform is None else transform
-    if not callable(transform):
-        raise TypeError(f"transform: expected a callable, got {type(transform).__name__}")
-    skip = _data._skip_bad(dataset, None)
-    for start in range(0, n, batch_size):
-        xs, idx = [], []
-        for i, image, _ in _data._items(dataset, range(start, min(start + batch_size, n)), skip):
-            x = _transform_one(transform, image, i)
-            if xs and x.shape != xs[0].shape:
-                raise ValueError(f"transform of item {i}: shape {x.shape} differs from {xs[0].shape} "
-                                 f"(use a transform that crops to one size)")
-            xs.append(x)
-            idx.append(i)
-        if xs:
-            yield np.stack(xs).astype(np.float32, copy=False), np.asarray(idx, dtype=np.int64)
-
-
-def _net_dtype(net):
-    params = list(net.parameters().values())
-    return params[0].dtype if params else np.float32
-
-
-def scan_layers(net, dataset, layers, k=9, batch_size=64, transform=None, progress=False, limit=None):
-    """One pass over the dataset that keeps the k strongest activations of *every* feature of
-    each of ``layers``.
-
-    The batch is forwarded once, up to the deepest of ``layers``, in evaluation
-    mode; for each layer, each image counts once per feature, at its strongest
-    location (the first maximum in row-major order).  Memory: (C, k) per layer.
-
-    Returns
-    -------
-    dict
-        layer -> (topk, width): a per-feature top-k store and the feature-map
-        width (see :func:`top_activations` for the records it gives).
-    """
-    net = _check_net(net)
-    layers = [net.check_layer(lyr) for lyr in ([layers] if isinstance(layers, str) else layers)]
-    if not layers:
-        raise ValueError("layers: expected at least one layer name")
-    k = int_arg("k", k, 1)
-    batch_size = int_arg("batch_size", batch_size, 1)
-    deepest = max(layers, key=net.names.index)
-    stores = {lyr: _TopK(k) for lyr in layers}
-    widths = {}
-    xp = get_backend().xp
-    dtype = _net_dtype(net)
-    n_total = _dataset_len(dataset) if limit is None else min(limit, _dataset_len(dataset))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n_total, desc=f"top-{k} over {','.join(layers)}", unit="img", leave=False)
-    was_training = net.training
-    net.eval()
-    try:
-        for x, idx in _stream(dataset, batch_size, transform, limit):
-            keep = len(layers) > 1
-            out = net.forward(xp.asarray(x, dtype=dtype), upto=deepest, keep=keep, cache=False)
-            for lyr in layers:
-                a = net.activations[lyr] if keep else out
-                val, loc, widths[lyr] = _image_maxima(a)
-                stores[lyr].add(val, idx, loc)
-            if bar is not None:
-                bar.update(len(idx))
-    finally:
-        net.train(was_training)
-        net.clear()
-        if bar is not None:
-            bar.close()
-    if not widths:
-        raise ValueError("dataset: no (readable) images to scan")
-    return {lyr: (stores[lyr], widths[lyr]) for lyr in layers}
-
-
-def choose_features(maxima, n, how="top"):
-    """Pick ``n`` features from their maximum activations over a dataset.
-
-    ``how="top"``: the n with the largest maxima (ties: lower feature first);
-    ``"spread"``: n features evenly spaced along the ranking of the features that
-    fire at all (maximum > 0), strongest first, so weak and strong ones both show.
-    Features that never fire are chosen only when nothing else is left.
-
-    maxima (C,) -> list of n feature indices (fewer if C < n).
-    """
-    maxima = np.asarray(maxima, dtype=np.float64)
-    if maxima.ndim != 1:
-        raise ValueError(f"maxima: expected shape (C,), got {maxima.shape}")
-    n = int_arg("n", n, 1)
-    if how not in CHOOSE_MODES:
-        raise ValueError(f"how: expected one of {CHOOSE_MODES}, got {how!r}")
-    key = np.where(np.isnan(maxima), -np.inf, maxima)
-    ranking = np.lexsort((np.arange(len(key)), -key))  # strongest first, ties by index
-    n = min(n, len(ranking))
-    if how == "top":
-        return [int(f) for f in ranking[:n]]
-    alive = ranking[key[ranking] > 0]
-    if len(alive) < n:
-        return [int(f) for f in ranking[:n]]
-    picks = np.unique(np.round(np.linspace(0, len(alive) - 1, n)).astype(int))
-    return [int(f) for f in alive[picks]]
-
-
-def _check_features(features, c, layer):
-    feats = []
-    for f in features:
-        try:
-            f = operator.index(f)
-        except TypeError:
-            raise TypeError(f"features: expected ints, got {f!r}") from None
-        if not 0 <= f < c:
-            raise ValueError(f"features: feature {f} is not in [0, {c}) for layer {layer!r}")
-        feats.append(f)
-    return feats
-
-
-def top_activations(net, dataset, layer, features, k=9, batch_size=64, transform=None, progress=False,
-                    n_features=4, how="top", limit=None):
-    """The k images of ``dataset`` that excite each chosen feature of ``layer`` most.
-
-    The dataset is streamed in batches of ``batch_size`` (never held whole),
-    each batch forwarded up to ``layer`` only, in evaluation mode.  Each image
-    counts once per feature, with its strongest activation in that feature map
-    (the first maximum in row-major order); the k best are kept per feature in
-    a (C, k) store merged batch by batch.  Order: value descending, ties by the
-    lower dataset index.
-
-    Parameters
-    ----------
-    net : zfraw.nn.Sequential
-    dataset : sequence of (image uint8 HWC, label)
-    layer : str
-    features : iterable of int, or None
-        None chooses ``n_features`` automatically with :func:`choose_features`
-        (``how="top"``: the largest maximum activation over the dataset).
-    k, batch_size : int
-    transform : callable, optional
-        ``image -> float32 (3, h, w)``; :func:`zfraw.data.to_chw_float` by default.
-    progress : bool
-        A tqdm bar over the images.
-    limit : int, optional
-        Use only the first ``limit`` images.
-
-    Returns
-    -------
-    OrderedDict
-        feature -> list of :class:`Activation` ``(value, index, (row, col))``,
-        strongest first (fewer than k when the dataset is smaller).
-    """
-    (topk, width), = scan_layers(net, dataset, [layer], k, batch_size, transform, progress, limit).values()
-    return _records(topk, width, features, layer, n_features, how)
-
-
-def _records(topk, width, features, layer, n_features=4, how="top"):
-    c = topk.val.shape[0]
-    if features is None:
-        features = choose_features(topk.val[:, 0], n_features, how)
-    elif isinstance(features, (int, np.integer)):
-        features = [features]
-    feats = _check_features(features, c, layer)
-    return OrderedDict((f, topk.records(f, width)) for f in feats)
-
-
 # --------------------------------------------------------------------------- top-9 figures
 def _crop(a, box):
     """a (..., H, W) cropped to box (top, left, bottom, right)."""
     t, l, b, r = box
     return a[..., t:b, l:r]
-
-
-def _load_x(dataset, index, transform):
-    transform = _data.to_chw_float if transform is None else transform
-    return _transform_one(transform, dataset[index][0], index)
 
 
 def _projections(net, xs, layer, feats, rule, batch_size):
@@ -482,7 +221,7 @@ def _projections(net, xs, layer, feats, rule, batch_size):
     xs (N, C, H, W) host, feats (N,) -> (pixels (N, C, H, W) host, locations (N, 2), values (N,)).
     """
     xp = get_backend().xp
-    dtype = _net_dtype(net)
+    dtype = net.dtype
     pix, locs, vals = [], [], []
     for s in range(0, len(xs), batch_size):
         p, info = deconvnet.project(net, xp.asarray(xs[s:s + batch_size], dtype=dtype), layer,
@@ -541,7 +280,7 @@ def top9(net, dataset, layer, features, transform, mean, k=9, batch_size=64, pro
     figures = OrderedDict()
     if not jobs:
         return figures
-    xs = np.stack([_load_x(dataset, r.index, transform) for _, r in jobs])
+    xs = np.stack([_data.load_item(dataset, r.index, transform) for _, r in jobs])
     feats = np.array([f for f, _ in jobs], dtype=np.int64)
     pix, locs, _ = _projections(net, xs, layer, feats, rule, batch_size)
     shape = xs.shape[-2:]
@@ -564,19 +303,23 @@ def top9(net, dataset, layer, features, transform, mean, k=9, batch_size=64, pro
 
 # --------------------------------------------------------------------------- single projections
 def project_image(net, x, layer, feature=None, rule="deconvnet", mean=None, factor=None, box=True,
-                  keep="max"):
+                  keep="max", return_info=False):
     """The input image beside the deconvnet projection of one of its activations.
 
     x (3, H, W) or (1, 3, H, W), preprocessed as the network expects; ``feature``
     None picks the strongest feature map; ``keep="max"`` projects its single
     strongest activation (``"map"``: the whole feature map).  With ``box`` the
     activation's receptive field is outlined on the input.  Both pictures are
-    full size (enlarged by ``factor``, default: to about 192 pixels), under a
-    caption with the layer, feature, location and activation value.
+    full size (enlarged by ``factor``, default: to about 384 pixels), under a
+    caption with the layer, feature, location (row, col) and activation value.
+    A feature whose best activation is <= 0 does not fire on the image: the
+    caption says so (its projection shows nothing the feature detects).
 
     Returns
     -------
-    PIL.Image.Image
+    PIL.Image.Image, or (PIL.Image.Image, dict) with ``return_info``
+        The dict holds ``feature`` (int), ``location`` (row, col), ``value``
+        (float) and ``fires`` (value > 0).
     """
     net = _check_net(net)
     net.check_layer(layer)
@@ -586,22 +329,44 @@ def project_image(net, x, layer, feature=None, rule="deconvnet", mean=None, fact
     if xh.shape[0] != 1:
         raise ValueError(f"x: expected one image (3, H, W) or (1, 3, H, W), got shape {xh.shape}")
     xp = get_backend().xp
-    p, info = deconvnet.project(net, xp.asarray(xh, dtype=_net_dtype(net)), layer, feature=feature, rule=rule,
+    p, info = deconvnet.project(net, xp.asarray(xh, dtype=net.dtype), layer, feature=feature, rule=rule,
                                 keep=keep, return_info=True)
     net.clear()
     p = np.asarray(to_host(p))[0]
     h, w = xh.shape[-2:]
-    factor = _factor(max(h, w), 192) if factor is None else int_arg("factor", factor, 1)
+    factor = _factor(max(h, w), 384) if factor is None else int_arg("factor", factor, 1)
     image = Image.fromarray(upscale(image_to_uint8(xh[0], mean), factor))
     f, (row, col), value = int(info["feature"][0]), info["location"][0], float(info["value"][0])
+    row, col = int(row), int(col)
     if box:
         t, l, b, r = deconvnet.patch_box(net, layer, row, col, (h, w))
         ImageDraw.Draw(image).rectangle([l * factor, t * factor, r * factor - 1, b * factor - 1],
                                         outline=(255, 0, 0), width=max(1, factor // 2))
     proj = Image.fromarray(upscale(projection_to_image(p), factor))
-    where = "" if keep == "map" else f" at ({row}, {col})"
+    where = "" if keep == "map" else f" at (row, col) = ({row}, {col})"
     text = f"{layer} feature {f}{where}: activation {value:.3g} ({rule})"
-    return caption(_beside(image, proj), text)
+    if not value > 0:
+        text += "\nthis feature does not fire on this image (activation <= 0): nothing here is what it detects"
+    picture = caption(_beside(image, proj), text, size=max(12, 4 * factor))
+    if return_info:
+        return picture, dict(feature=f, location=(row, col), value=value, fires=bool(value > 0))
+    return picture
+
+
+def beside_input(picture, image, box, text, colour=(255, 0, 0)):
+    """``picture`` with the full original ``image`` on its left, ``box`` outlined on it, under ``text``.
+
+    For pictures of a preprocessed crop: ``image`` uint8 (H, W, 3) is the file
+    as read, ``box`` (top, left, bottom, right) in its pixels the region the
+    network saw.  The image is scaled to the height of ``picture``.
+    """
+    original = Image.fromarray(_as_rgb_array(image, "image"))
+    scale = max(1e-6, (picture.height * 0.8) / original.height)
+    shown = original.resize((max(1, round(original.width * scale)), max(1, round(original.height * scale))),
+                            Image.NEAREST if scale >= 1 else Image.BILINEAR)
+    t, l, b, r = (v * scale for v in box)
+    ImageDraw.Draw(shown).rectangle([l, t, r - 1, b - 1], outline=colour, width=max(2, round(2 * scale)))
+    return _beside(caption(shown, text, size=max(12, picture.height // 22)), picture)
 
 
 # --------------------------------------------------------------------------- filters
@@ -675,9 +440,7 @@ def architecture_table(net, input_shape=None):
     shape = input_shape if input_shape is not None else net.input_shape
     if shape is None:
         raise ValueError("input_shape: needed (the network does not record one)")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3:
-        raise ValueError(f"input_shape: expected (C, H, W), got {shape}")
+    shape = shape_arg("input_shape", shape, (3,))
     saved = net.input_shape
     net.input_shape = shape  # receptive_field of fc layers reads the input side from here
     try:
@@ -699,7 +462,8 @@ TABLE_COLUMNS = (("name", "layer"), ("type", "type"), ("config", "config"), ("ou
                  ("params", "parameters"), ("receptive_field", "receptive field (size/stride)"))
 
 
-def _cell(key, value):
+def format_cell(key, value):
+    """One value of an :func:`architecture_table` row as table text (shapes as 96x55x55, counts with commas)."""
     if key == "output_shape":
         return "x".join(str(s) for s in value)
     if key == "params":
@@ -710,7 +474,7 @@ def _cell(key, value):
 def format_table(rows):
     """The rows of :func:`architecture_table` as aligned plain text, with a total line."""
     header = [title for _, title in TABLE_COLUMNS]
-    body = [[_cell(key, row[key]) for key, _ in TABLE_COLUMNS] for row in rows]
+    body = [[format_cell(key, row[key]) for key, _ in TABLE_COLUMNS] for row in rows]
     total = sum(int(row["params"]) for row in rows)
     footer = ["total", "", "", "", f"{total:,}", ""]
     table = [header] + body + [footer]
