@@ -415,7 +415,7 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1):
         # inner dimension m*q is long (measured 12x on conv1, 1.5x on conv3; bench/README.md)
         for g in range(groups):
             dw_t[g] += cols[g] @ dy_groups[g].T
-    dw = dw_t.transpose(0, 2, 1)
+    dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1))
     db = dy.reshape(n, f, -1).sum(axis=2).sum(axis=0)  # contiguous inner sums first: one fast pass
     return dx, dw.reshape(w.shape), db
 
