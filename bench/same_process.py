@@ -14,13 +14,14 @@ This script checks it: each *order* runs in a fresh worker process --
 - ``torch after``: the numba backend is loaded, then ``import torch``;
 
 and times the conv cases of ``layers.py`` (forward, backward and C^T of
-conv1..conv5, batch 16) on numba and, where torch is there, on PyTorch,
-alternating the two call by call.  The workers run ``--rounds`` times in turn
+conv1..conv5, batch 16) on numba, on the layer's conv-shaped GEMM and, where
+torch is there, on PyTorch, alternating them call by call.  The workers run ``--rounds`` times in turn
 (alone, torch first, torch after, alone, ...), so slow drifts of a shared
 machine's load hit every order alike; each figure is the median over all the
 rounds' repeats.  Reported: numba ms per order, the ratio of each same-process
-order to ``alone`` (the target: within 1.1x), PyTorch ms in each process, and
-the threading layer Numba ran on.  Results go to
+order to ``alone`` (the target: within 1.1x), PyTorch ms in each process, the
+conv-shaped GEMM (NumPy's BLAS) timed in the same alternation as the ceiling,
+and the threading layer Numba ran on.  Results go to
 ``bench/results/same-process-<cpu>-<cores>c-blas-<core>.json`` and ``.md``.
 """
 from __future__ import annotations
@@ -64,6 +65,7 @@ def worker(order, batch, repeat, threads, cases, model="zfnet", image_size=224):
     for i, case in enumerate(layers.make_cases(model, image_size, batch, set(cases))):
         arrays = case.make(np.random.default_rng(2014 + i))
         fns = layers.callables(case, arrays, ["numba"] + ([common.TORCH] if torch is not None else []), torch)
+        fns["gemm"] = conv_gemm(arrays, case)
         seconds = {impl: [] for impl in fns}
         for fn in fns.values():
             fn()  # warm-up (and Numba's compilation)
@@ -75,13 +77,32 @@ def worker(order, batch, repeat, threads, cases, model="zfnet", image_size=224):
                     fn()
                     seconds[impl].append(time.perf_counter() - t0)
         for impl, s in seconds.items():
-            rows.append({"layer": case.layer, "op": case.op, "impl": impl, "order": order, "seconds": s})
+            rows.append({"layer": case.layer, "op": case.op, "impl": impl, "order": order, "seconds": s,
+                         "flops": case.flops})
         print(f"  {order:<12} {case.key:<16} " + "  ".join(
             f"{impl} {1e3 * statistics.median(s):8.2f} ms" for impl, s in seconds.items()), flush=True)
     info = {"numba_threading_layer": cpu.threading_layer(), "numba_threads": cpu.numba.get_num_threads()}
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
     print(json.dumps({"rows": rows, "info": info}))
+
+
+def conv_gemm(arrays, case):
+    """The conv-shaped GEMM of a case, (F, C kh kw) x (C kh kw, N Ho Wo) float32 on NumPy's
+    BLAS (once for forward and C^T, twice for backward: dx and dw), timed beside it as
+    this moment's ceiling."""
+    w, dy = arrays["w"], arrays["dy"]
+    f, k = w.shape[0], int(np.prod(w.shape[1:]))
+    q = dy.shape[0] * dy.shape[2] * dy.shape[3]
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((f, k), dtype=np.float32), rng.standard_normal((k, q), dtype=np.float32)
+    out = np.empty((f, q), np.float32)
+    times = 2 if case.op == "backward" else 1
+
+    def run():
+        for _ in range(times):
+            np.matmul(a, b, out=out)
+    return run
 
 
 def summarize(rows):
@@ -101,19 +122,26 @@ def markdown(result):
              f"{result['repeat']} timed calls per case and round after a warm-up, numba and PyTorch alternating "
              "call by call; median ms over all rounds, float32.  Numba's threading layer: "
              + ", ".join(f"{o}: {layers_used.get(o)}" for o in ORDERS) + ".  "
-             "'x alone' = numba ms in that process / numba ms with PyTorch never imported (target: at most 1.1x).",
+             "'x alone' = numba ms in that process / numba ms with PyTorch never imported (target: at most 1.1x).  "
+             "GEMM: the conv-shaped float32 GEMM (F, C kh kw) x (C kh kw, N Ho Wo) on NumPy's BLAS (twice for a "
+             "backward), timed in the same alternation: 'numba % of GEMM' = GEMM ms / numba ms.  'numba vs torch' = "
+             "torch ms / numba ms in the same process (above 1: numba faster).",
              ""]
-    headers = ["layer", "op", "numba alone ms", "numba, torch first ms", "x alone", "numba, torch after ms",
-               "x alone", "torch (torch first) ms", "torch (torch after) ms"]
+    headers = ["layer", "op", "numba alone ms", "GEMM alone ms", "numba % of GEMM", "numba, torch first ms",
+               "x alone", "numba, torch after ms", "x alone", "torch (torch first) ms", "numba vs torch (first)",
+               "torch (torch after) ms", "numba vs torch (after)"]
     body = []
     for (layer, op), t in result["summary"].items():
         alone = t.get(("alone", "numba"))
         first, after = t.get(("torch first", "numba")), t.get(("torch after", "numba"))
-        body.append([layer, op, common.fmt(alone, 2), common.fmt(first, 2),
+        gemm = t.get(("alone", "gemm"))
+        t_first, t_after = t.get(("torch first", common.TORCH)), t.get(("torch after", common.TORCH))
+        body.append([layer, op, common.fmt(alone, 2), common.fmt(gemm, 2),
+                     common.fmt(100 * gemm / alone if gemm and alone else None, 0, "%"), common.fmt(first, 2),
                      common.fmt(first / alone if first and alone else None, 2, "x"), common.fmt(after, 2),
                      common.fmt(after / alone if after and alone else None, 2, "x"),
-                     common.fmt(t.get(("torch first", common.TORCH)), 2),
-                     common.fmt(t.get(("torch after", common.TORCH)), 2)])
+                     common.fmt(t_first, 2), common.fmt(t_first / first if t_first and first else None, 2, "x"),
+                     common.fmt(t_after, 2), common.fmt(t_after / after if t_after and after else None, 2, "x")])
     return "\n".join(lines) + "\n" + common.markdown_table(headers, body)
 
 

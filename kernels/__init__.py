@@ -19,6 +19,10 @@ float32/float64 arrays, strides and pads as separate ints):
     For N = 1 both layouts are the same array.
 ``col2im_tile(cols, x_shape, kh, kw, sh, sw, ph, pw) -> x``
     the adjoint of im2col_tile: cols (C*kh*kw, N*Ho*Wo) -> x (N, C, H, W).
+``relu(x) -> y`` and ``relu_backward(s, x, rule) -> out``
+    max(x, 0) (NaN kept), and the signal s through a ReLU with forward input x
+    by ``rule``: ``backprop`` s where x > 0, ``guided`` s where x > 0 and s > 0,
+    ``deconvnet`` max(s, 0) (x may be None); 0 elsewhere.
 ``max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo) -> (y, switches)``
     y (N, C, Ho, Wo) and int64 switches of the same shape, each the flat index
     h*W + w into the unpadded input plane; padding is -inf; ties go to the first

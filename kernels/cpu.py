@@ -71,7 +71,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-__all__ = ["KERNELS", "FASTMATH", "threading_layer", "USER_THREADING_VARIABLES", "SEPARATE_POOL_LAYERS", "im2col", "col2im", "im2col_tile", "col2im_tile", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
+__all__ = ["KERNELS", "FASTMATH", "threading_layer", "USER_THREADING_VARIABLES", "SEPARATE_POOL_LAYERS", "im2col", "col2im", "im2col_tile", "col2im_tile", "relu", "relu_backward", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
            "POOL_LANES", "POOL_LANES_MAX_PIXELS"]
 
 #: LLVM fast-math flags for every kernel: no ``nnan``/``ninf`` (NaN and -inf must behave).
@@ -394,6 +394,70 @@ def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
 def col2im_tile(cols, x_shape, kh, kw, sh, sw, ph, pw):
     """Adjoint of :func:`im2col_tile`: cols (C*kh*kw, N*Ho*Wo) -> x (N, C, H, W) = ``x_shape``."""
     return _fold(cols, x_shape, kh, kw, sh, sw, ph, pw, True)
+
+
+# ============================================================== rectifier
+
+#: the rules of :func:`relu_backward`, by the number its kernel takes
+RELU_RULE_CODES = {"backprop": 0, "guided": 1, "deconvnet": 2}
+
+
+@_jit
+def _relu_kernel(x, y, n_chunks):
+    """y = max(x, 0) over flat arrays, a NaN kept (``v <= 0`` is false for NaN)."""
+    zero = x.dtype.type(0)
+    for chunk in prange(n_chunks):
+        t0, t1 = _chunk(chunk, n_chunks, x.size)
+        src, dst = x[t0:t1], y[t0:t1]
+        for i in range(t1 - t0):
+            v = src[i]
+            dst[i] = zero if v <= zero else v
+
+
+@_jit
+def _relu_backward_kernel(s, x, out, rule, n_chunks):
+    """out = s where x > 0 (rule 0, backprop), s where x > 0 and s > 0 (1, guided),
+    max(s, 0) (2, deconvnet; x unused); flat arrays, one pass."""
+    zero = s.dtype.type(0)
+    for chunk in prange(n_chunks):
+        t0, t1 = _chunk(chunk, n_chunks, s.size)
+        sig, inp, dst = s[t0:t1], x[t0:t1], out[t0:t1]
+        if rule == 0:
+            for i in range(t1 - t0):
+                dst[i] = sig[i] if inp[i] > zero else zero
+        elif rule == 1:
+            for i in range(t1 - t0):
+                dst[i] = sig[i] if (inp[i] > zero) & (sig[i] > zero) else zero
+        else:
+            for i in range(t1 - t0):
+                v = sig[i]
+                dst[i] = zero if v <= zero else v
+
+
+def _elementwise_chunks(size):
+    """A few contiguous chunks per thread, each at least 16384 elements."""
+    return max(1, min(4 * numba.get_num_threads(), size // 16384))
+
+
+def relu(x):
+    """max(x, 0), elementwise, any shape (a NaN stays NaN)."""
+    x = _contiguous("x", x).reshape(np.shape(x))  # (np.ascontiguousarray makes 0-d 1-d)
+    y = _empty(x.shape, dtype=x.dtype)
+    _relu_kernel(x.reshape(-1), y.reshape(-1), _elementwise_chunks(x.size))
+    return y
+
+
+def relu_backward(s, x, rule):
+    """The signal s through a ReLU whose forward input was x (same shape), in one
+    pass: ``backprop`` s * (x > 0), ``guided`` relu(s) * (x > 0), ``deconvnet``
+    relu(s) (x may be None)."""
+    shape = np.shape(s)
+    s = _contiguous("s", s).reshape(shape)  # (np.ascontiguousarray makes 0-d 1-d)
+    x = s if x is None else _contiguous("x", x).reshape(shape)
+    out = _empty(shape, dtype=s.dtype)
+    _relu_backward_kernel(s.reshape(-1), x.reshape(-1), out.reshape(-1), RELU_RULE_CODES[rule],
+                          _elementwise_chunks(s.size))
+    return out
 
 
 # ============================================================== max pooling
@@ -747,6 +811,8 @@ KERNELS = {
     "col2im": col2im,
     "im2col_tile": im2col_tile,
     "col2im_tile": col2im_tile,
+    "relu": relu,
+    "relu_backward": relu_backward,
     "max_pool2d": max_pool2d,
     "max_unpool2d": max_unpool2d,
     "lrn": lrn,

@@ -32,6 +32,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from zfraw.kernels import vectorized
+
 __all__ = [
     "KERNELS", "SOURCES", "HEADER", "OPTIONS", "KERNEL_FUNCTIONS",
     "read_source", "source_code", "name_expression", "name_expressions", "cache_info",
@@ -371,6 +373,8 @@ KERNELS = {
     "col2im": col2im,
     "im2col_tile": im2col_tile,
     "col2im_tile": col2im_tile,
+    "relu": vectorized.relu,  # one CuPy elementwise kernel each already
+    "relu_backward": vectorized.relu_backward,
     "max_pool2d": max_pool2d,
     "max_unpool2d": max_unpool2d,
     "lrn": lrn,

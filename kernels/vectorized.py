@@ -84,6 +84,23 @@ def col2im_tile(cols, x_shape, kh, kw, sh, sw, ph, pw):
     return _fold(cols6, x_shape, kh, kw, sh, sw, ph, pw)
 
 
+def relu(x):
+    """max(x, 0), elementwise (a NaN stays NaN)."""
+    return get_array_module(x).maximum(x, x.dtype.type(0))
+
+
+def relu_backward(s, x, rule):
+    """The signal s through a ReLU whose input was x, by ``rule``: ``backprop``
+    s * (x > 0), ``guided`` relu(s) * (x > 0), ``deconvnet`` relu(s) (x unused)."""
+    xp = get_array_module(s)
+    zero = s.dtype.type(0)
+    if rule == "deconvnet":
+        return xp.maximum(s, zero)
+    if rule == "backprop":
+        return xp.where(x > 0, s, zero)
+    return xp.where((x > 0) & (s > 0), s, zero)
+
+
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, Ho, Wo):
     """Max over each window with its switch, by a loop over the kh*kw taps.
 

@@ -151,16 +151,21 @@ def test_tile_planner_covers_the_output_within_the_budget(threads, rng, monkeypa
             tiles = F.conv_tiles(n, ho, wo, column_bytes)
             covered = [(i, r) for n0, n1, r0, r1 in tiles for i in range(n0, n1) for r in range(r0, r1)]
             assert covered == [(i, r) for i in range(n) for r in range(ho)]  # once each, in order
+            target = None if threads is None else threads * F.GEMM_COLUMNS_PER_THREAD
+            banded = plane > budget or (target is not None and ho * wo > target)
             for n0, n1, r0, r1 in tiles:
                 nbytes = column_bytes * (n1 - n0) * (r1 - r0) * wo
                 one_row = n1 - n0 == 1 and r1 - r0 == 1 and column_bytes * wo > budget
                 assert nbytes <= budget or one_row, (n, ho, wo, column_bytes, budget, (n0, n1, r0, r1))
-                if plane <= budget:
-                    assert (r0, r1) == (0, ho)  # whole images whenever one fits
-            if plane <= budget:
+                assert (n1 - n0 == 1) if banded else ((r0, r1) == (0, ho))
+            if banded:  # bands of at least T columns (or the whole plane) where the budget does not bind
+                rows_wanted = ho if target is None else min(ho, -(-target // wo))
+                if 2 * rows_wanted * column_bytes * wo <= budget:
+                    assert min(r1 - r0 for _, _, r0, r1 in tiles) >= rows_wanted
+            else:  # whole images, at least T columns' worth where the budget does not bind
                 fit = budget // plane
-                want = n if threads is None else -(-threads * F.GEMM_COLUMNS_PER_THREAD // (ho * wo))
-                if min(n, want) * 2 <= fit:  # the budget does not bind: every tile has its columns
+                want = n if target is None else -(-target // (ho * wo))
+                if min(n, want) * 2 <= fit:
                     assert min(n1 - n0 for n0, n1, _, _ in tiles) >= min(n, want)
     finally:
         zfraw.set_workspace_bytes(old)

@@ -122,11 +122,15 @@ def pool_padding(pad):
 
 
 #: Each thread that runs a conv's GEMM gets at least this many columns of it
-#: (when the batch has them and the workspace allows): a BLAS packs the filter
-#: matrix once per call and thread and then streams columns past it, so the
-#: packing and the call's thread start-up are spread over at least this much
-#: work.  Not a cache size: it depends on neither the machine nor the layer.
-GEMM_COLUMNS_PER_THREAD = 1024
+#: (when the batch has them and the workspace allows).  A BLAS packs the filter
+#: matrix once per call and thread and then streams columns past it, and every
+#: tile is two parallel regions (im2col, GEMM) whose fork and join cost a wake-up
+#: per thread -- on a loaded or many-core machine up to a scheduler time slice:
+#: with fewer, larger tiles these costs are spread over more work.  (Measured on
+#: a heavily loaded 2-vCPU machine, ZFNet conv1 at batch 16, interleaved: 80
+#: tiles of ~2400 columns 6.3 s, 16 tiles of one image 2.9 s, one tile 3.4 s;
+#: bench/README.md.)  Not a cache size: no machine's cache is assumed.
+GEMM_COLUMNS_PER_THREAD = 4096
 
 
 def _even_cuts(total, parts):
@@ -139,32 +143,38 @@ def conv_tiles(n, ho, wo, column_bytes):
 
     ``column_bytes`` is the size of one im2col column (C*kh*kw*itemsize).  Each
     tile's columns, column_bytes * (n1 - n0) * (r1 - r0) * wo bytes, go through
-    one GEMM per group, so a tile is made large enough to keep every GEMM thread
-    busy -- at least :data:`GEMM_COLUMNS_PER_THREAD` columns per thread of the
-    backend (``Backend.threads``; a GPU backend takes as much as fits) -- and
-    never larger than the workspace budget (:func:`zfraw.workspace_bytes`).
-    Tiles hold whole images when one image's columns fit the budget: the batch
-    is cut into as many tiles of nearly equal size as keep each one at least
-    that large (and enough to respect the budget).  Otherwise each image is
-    cut into nearly equal bands of output rows, as few as fit (rows of at least
-    one row: a budget below one row's columns gets one-row bands).  Tiles come
-    image-chunk by image-chunk, the bands of an image in ascending row order.
+    one GEMM per group.  A tile aims at T = threads * :data:`GEMM_COLUMNS_PER_THREAD`
+    columns (the backend's ``Backend.threads``; on a GPU, T is everything that
+    fits) and never exceeds the workspace budget (:func:`zfraw.workspace_bytes`):
+
+    * a plane of at most T positions whose columns fit: tiles of whole images,
+      as many tiles of nearly equal size as keep each at least T columns (and
+      enough tiles to respect the budget);
+    * a plane of more than T positions, or one whose columns exceed the budget:
+      each image is cut into nearly equal bands of output rows, each at least
+      T columns when the budget allows, at most what fits (at least one row: a
+      budget below one row's columns gets one-row bands).
+
+    Tiles come image-chunk by image-chunk, the bands of an image in ascending
+    row order.  Tiles no larger than the GEMM needs keep the columns small
+    (cache, memory) and the calls few.
     """
     if n == 0:
         return []
     budget = _backend.workspace_bytes()
     threads = _backend.get_backend().threads
+    target = None if threads is None else threads() * GEMM_COLUMNS_PER_THREAD
     column_bytes = max(1, column_bytes)
     plane_bytes = column_bytes * ho * wo
-    if plane_bytes > budget:  # bands of rows, one image at a time
+    if plane_bytes > budget or (target is not None and ho * wo > target):  # bands, one image at a time
         rows_fit = max(1, budget // (column_bytes * wo))
-        bands = _even_cuts(ho, -(-ho // rows_fit))
+        rows_wanted = ho if target is None else min(ho, -(-target // wo))
+        bands = _even_cuts(ho, max(-(-ho // rows_fit), ho // rows_wanted))
         return [(i, i + 1, r0, r1) for i in range(n) for r0, r1 in bands]
     fit = budget // plane_bytes
-    wanted = n if threads is None else -(-threads() * GEMM_COLUMNS_PER_THREAD // (ho * wo))
+    wanted = n if target is None else -(-target // (ho * wo))
     images = max(1, min(n, fit, wanted))
-    parts = max(-(-n // fit), n // images)
-    return [(n0, n1, 0, ho) for n0, n1 in _even_cuts(n, parts)]
+    return [(n0, n1, 0, ho) for n0, n1 in _even_cuts(n, max(-(-n // fit), n // images))]
 
 
 def _input_band(x, n0, n1, r0, r1, kh, sh, ph):
@@ -293,14 +303,19 @@ def conv2d(x, w, b=None, stride=1, pad=0, groups=1):
         n0, n1, r0, r1 = tile
         m, q = n1 - n0, (r1 - r0) * wo
         cols = _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(groups, kg, m * q)
-        if m == 1:  # the GEMM writes into y (a view), the bias is added in cache
+        if m == 1:  # the GEMMs write into y (a view), the bias is added in cache
             out = y[n0, :, r0 * wo:r1 * wo]
-            xp.matmul(w_groups, cols, out=out.reshape(groups, fg, q))
+            out_groups = out.reshape(groups, fg, q)
+            for g in range(groups):
+                xp.matmul(w_groups[g], cols[g], out=out_groups[g])
             if bias is not None:
                 out += bias
             continue
         # one GEMM per group over every image of the tile, then to NCHW, adding the bias
-        prod = xp.matmul(w_groups, cols).reshape(f, m, q).transpose(1, 0, 2)
+        prod = xp.empty((groups, fg, m * q), dtype=x.dtype)
+        for g in range(groups):
+            xp.matmul(w_groups[g], cols[g], out=prod[g])
+        prod = prod.reshape(f, m, q).transpose(1, 0, 2)
         out = y[n0:n1, :, r0 * wo:r1 * wo]
         if bias is None:
             out[...] = prod
@@ -350,7 +365,11 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
         n0, n1, r0, r1 = tile
         m = n1 - n0
         # one GEMM per group over the whole tile: (kg, Fg) x (Fg, m*q)
-        cols = xp.matmul(w_groups_t, _tile_matrix(y, tile, wo).reshape(groups, fg, -1)).reshape(c * kh * kw, -1)
+        y_groups = _tile_matrix(y, tile, wo).reshape(groups, fg, -1)
+        cols = xp.empty((groups, kg, y_groups.shape[2]), dtype=y.dtype)
+        for g in range(groups):
+            xp.matmul(w_groups_t[g], y_groups[g], out=cols[g])
+        cols = cols.reshape(c * kh * kw, -1)
         if r0 == 0 and r1 == ho:  # whole planes
             x[n0:n1] = fold(cols, (m, c, h, wd), kh, kw, sh, sw, ph, pw)
             continue
@@ -387,12 +406,17 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1):
 
     dx = conv_transpose2d(dy, w, (sh, sw), (ph, pw), groups, output_shape=(h, wd))
     kg, fg = cg * kh * kw, f // groups
-    dw = xp.zeros((groups, fg, kg), dtype=x.dtype)
+    dw_t = xp.zeros((groups, kg, fg), dtype=x.dtype)  # dw transposed, see below
     for tile in conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
         cols = _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(groups, kg, -1)
-        # one GEMM per group over the whole tile: (Fg, m*q) x (m*q, kg)
-        dw += xp.matmul(_tile_matrix(dy, tile, wo).reshape(groups, fg, -1), cols.transpose(0, 2, 1))
-    db = dy.sum(axis=(0, 2, 3))
+        dy_groups = _tile_matrix(dy, tile, wo).reshape(groups, fg, -1)
+        # one GEMM per group over the whole tile, as dw_g^T += cols_g (kg, m*q) x dy_g^T (m*q, Fg):
+        # the same product as dy_g cols_g^T, but the orientation OpenBLAS runs fast when the
+        # inner dimension m*q is long (measured 12x on conv1, 1.5x on conv3; bench/README.md)
+        for g in range(groups):
+            dw_t[g] += cols[g] @ dy_groups[g].T
+    dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1))
+    db = dy.reshape(n, f, -1).sum(axis=2).sum(axis=0)  # contiguous inner sums first: one fast pass
     return dx, dw.reshape(w.shape), db
 
 
@@ -517,7 +541,7 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
 def relu(x):
     """max(x, 0), elementwise."""
     x = _array("x", x)
-    return _backend.get_backend().xp.maximum(x, 0)
+    return _backend.kernel("relu")(x)
 
 
 def relu_backward(s, x, rule="backprop"):
@@ -530,16 +554,13 @@ def relu_backward(s, x, rule="backprop"):
     s = _array("s", s)
     if rule not in RELU_RULES:
         raise ValueError(f"rule must be one of {RELU_RULES}, got {rule!r}")
-    xp = _backend.get_backend().xp
     if rule == "deconvnet":
-        return xp.maximum(s, 0)
+        return _backend.kernel("relu_backward")(s, None, rule)
     x = _array("x", x)
     _same_dtype("s", s, "x", x)
     if x.shape != s.shape:
         raise ValueError(f"x must have s's shape {tuple(s.shape)}, got {tuple(x.shape)}")
-    if rule == "backprop":
-        return xp.where(x > 0, s, 0).astype(s.dtype, copy=False)
-    return xp.where((x > 0) & (s > 0), s, 0).astype(s.dtype, copy=False)
+    return _backend.kernel("relu_backward")(s, x, rule)
 
 
 # ============================================================== local response norm
