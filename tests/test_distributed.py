@@ -5,6 +5,7 @@ fixture).  Every result is compared with the single-process computation on the
 same images: the scan's values, image ids and locations, the top-9 pictures,
 and a per-image forward.
 """
+import contextlib
 import os
 import sys
 
@@ -18,6 +19,7 @@ from zfraw.analysis import topk
 
 dd = pytest.importorskip("dask.distributed")
 import cloudpickle  # noqa: E402  (comes with dask)
+import threadpoolctl  # noqa: E402  (in the test extra)
 
 from zfraw import distributed  # noqa: E402
 
@@ -80,11 +82,38 @@ def transform():
     return data.eval_transform(SIDE, SIDE, mean=[0.4, 0.5, 0.6])
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Compute as a Dask worker does, on one thread: the conv tile planner sizes tiles from the
+    thread count (zfraw.functional.conv_tiles), and float32 GEMM round-off depends on the tile."""
+    saved_env = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # what zfraw.backend.cpu_threads reads for the numpy backend
+    saved_numba = None
+    if zfraw.get_backend().name == "numba":
+        import numba
+
+        saved_numba = numba.get_num_threads()
+        numba.set_num_threads(1)
+    try:
+        with threadpoolctl.threadpool_limits(1):  # OpenBLAS, as Dask's OPENBLAS_NUM_THREADS=1 does for workers
+            yield
+    finally:
+        if saved_env is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved_env
+        if saved_numba is not None:
+            import numba
+
+            numba.set_num_threads(saved_numba)
+
+
 @pytest.fixture(scope="module")
 def single(folder, transform):
-    """The single-process scan, the reference for everything else."""
-    return topk.scan_layers(tiny_net(), data.ImageFolder(folder, skip_bad=True), LAYERS, k=9, batch_size=BATCH,
-                            transform=transform)
+    """The single-process scan (on one thread, as each worker runs), the reference for everything else."""
+    with one_thread():
+        return topk.scan_layers(tiny_net(), data.ImageFolder(folder, skip_bad=True), LAYERS, k=9,
+                                batch_size=BATCH, transform=transform)
 
 
 def assert_same_topk(stores, want):
@@ -106,7 +135,9 @@ def test_parallel_scan_equals_the_single_process_scan_and_its_pictures(client, f
     store, width = result.layers["conv2"]
     records = topk.feature_records(store, width, None, "conv2", n_features=2)
     got = visualize.top9(net, ds, "conv2", None, transform, [0.4, 0.5, 0.6], records=records)
-    want = visualize.top9(net, ds, "conv2", None, transform, [0.4, 0.5, 0.6], batch_size=BATCH, n_features=2)
+    with one_thread():
+        want = visualize.top9(net, ds, "conv2", None, transform, [0.4, 0.5, 0.6], batch_size=BATCH,
+                              n_features=2)
     assert list(got) == list(want)
     for f in want:
         np.testing.assert_array_equal(np.asarray(got[f]), np.asarray(want[f]))
@@ -200,7 +231,7 @@ def test_a_corrupt_image_is_skipped_with_its_name_and_the_other_shards_survive(c
     with open(bad, "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n this is not an image")
     ds = data.ImageFolder(root, skip_bad=True)
-    with pytest.warns(UserWarning, match="skipping item 123"):
+    with pytest.warns(UserWarning, match="skipping item 123"), one_thread():
         want = topk.scan_layers(tiny_net(), ds, LAYERS, k=9, batch_size=BATCH, transform=transform)
     kw = dict(k=9, batch_size=BATCH, transform=transform, client=client, shard_size=2 * BATCH, progress=False,
               shard_dir=tmp_path / "shards")

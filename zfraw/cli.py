@@ -220,16 +220,16 @@ def _triple_arg(text):
 
 def _add_preprocessing(p):
     g = p.add_argument_group("preprocessing (overrides what the model records)")
-    g.add_argument("--channel-order", choices=["RGB", "BGR"], default=None, help="the network's channel order")
+    g.add_argument("--channel-order", choices=["RGB", "BGR"], default=None, help="the network's channel order (default: what the model records)")
     g.add_argument("--scale", type=float, choices=[1.0, 255.0], default=None,
-                   help="pixel range the network expects: 1 (0-1) or 255 (0-255)")
+                   help="pixel range the network expects: 1 (0-1) or 255 (0-255) (default: what the model records)")
     g.add_argument("--mean", type=_triple_arg, default=None, metavar="A,B,C",
-                   help="per-channel mean to subtract, in the network's channel order and scale")
-    g.add_argument("--std", type=_triple_arg, default=None, metavar="A,B,C", help="per-channel std to divide by")
-    g.add_argument("--input-size", type=int, default=None, help="side of the square input")
-    g.add_argument("--resize", type=int, default=None, help="shorter side before the centre crop")
+                   help="per-channel mean to subtract, in the network's channel order and scale (default: what the model records)")
+    g.add_argument("--std", type=_triple_arg, default=None, metavar="A,B,C", help="per-channel std to divide by (default: what the model records)")
+    g.add_argument("--input-size", type=int, default=None, help="side of the square input (default: what the model records)")
+    g.add_argument("--resize", type=int, default=None, help="shorter side before the centre crop (default: what the model records)")
     g.add_argument("--preset", default=None,
-                   help="a named preprocessing: zfnet512, caffenet, bvlc_alexnet, alexnet_torchvision")
+                   help="a named preprocessing: zfnet512, caffenet, bvlc_alexnet, alexnet_torchvision (default: none)")
 
 
 def _preprocessing_from_args(args, net):
@@ -262,11 +262,13 @@ def _open_model(args):
     _check_model_args(args)
     model = getattr(args, "model", None)
     if model is None:
-        net, extra = (builtin.load_model() if args.weights is None else files.load_model(args.weights))
+        net, extra = (builtin.load_model() if args.weights is None
+                      else _read_model_file(args.weights, "--weights", files.load_model))
         net = to_device(net)
     else:
         try:
-            net, extra = files.load_model(model, arch=getattr(args, "arch", None))
+            net, extra = _read_model_file(model, "--model",
+                                          lambda p: files.load_model(p, arch=getattr(args, "arch", None)))
         except ImportError as exc:
             raise UsageError(str(exc)) from None
     prep = _preprocessing_from_args(args, net)
@@ -1379,7 +1381,7 @@ def build_parser():
                    help="the model whose layers are kept: MODEL.npz|.onnx|.pth or 'builtin' (default)")
     s.add_argument("--arch", default=None, help="the architecture of a .pth (default alexnet_torchvision)")
     s.add_argument("--layer", default="fc8", help="the fully connected layer to retrain (default fc8)")
-    s.add_argument("--val", default=None, help="a folder of class folders for validation (same classes)")
+    s.add_argument("--val", default=None, help="a folder of class folders for validation (same classes; default: none)")
     s.add_argument("--epochs", type=int, default=30, help="epochs over the cached features (default 30)")
     s.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate, constant (default 1e-2)")
     s.add_argument("-o", "--output", required=True, help="the retrained model (.npz)")
@@ -1387,7 +1389,7 @@ def build_parser():
     s.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("predict", help="the top-5 classes of an image")
-    s.add_argument("image")
+    s.add_argument("image", help="an image file (JPEG, PNG, ...)")
     s.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
     _add_weights(s), _add_model(s), _add_preprocessing(s), _add_backend(s)
     s.set_defaults(func=cmd_predict)
