@@ -150,7 +150,8 @@ def _read_model_file(path, option, read):
     if not os.path.exists(path):
         raise UsageError(f"{option} {path!r}: no such file")
     if os.path.isdir(path):
-        raise UsageError(f"{option} {path!r} is a folder; give a model file saved by zfraw (.npz)")
+        raise UsageError(f"{option} {path!r} is not a zfraw weights file (.npz): it is a folder; "
+                         f"give a model file saved by zfraw (.npz)")
     try:
         return read(path)
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
