@@ -516,3 +516,19 @@ def test_fewer_images_than_a_batch_trains_with_a_smaller_batch_and_says_so(tmp_p
     assert "the model after epoch 1" in out and "give --val" in out
     assert nn.read_meta(tmp_path / "m.npz")["extra"]["classes"] == ["discs", "stripes"]
     assert len(os.listdir(tmp_path / "snaps")) == 1
+
+
+def test_a_run_resumed_after_its_last_epoch_keeps_the_best_model(folders, tmp_path):
+    """With --val the saved file is the best epoch's; resuming a finished run must not replace it
+    with the last epoch's model."""
+    train_dir, val_dir = folders
+    out, ck = tmp_path / "mine.npz", tmp_path / "ck.npz"
+    args = [sys.executable, "-m", "zfraw", "train", "--data", train_dir, "--val", val_dir, "--epochs", "2",
+            "--out", str(out), "--checkpoint", str(ck)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=300, env=zfraw_env())
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = out.read_bytes()
+    again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300, env=zfraw_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert out.read_bytes() == before
+    assert "the best on --val" in again.stdout, again.stdout

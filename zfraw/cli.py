@@ -648,6 +648,8 @@ def _train_folder(args):
                             momentum=r["momentum"], weight_decay=weight_decay, checkpoint=args.checkpoint,
                             resume=args.resume, schedule=schedule, extra=meta, on_epoch=on_epoch,
                             snapshots=args.snapshots, snapshot_dir=_snapshot_dir(args, out))
+    if best is not None and best.saved_epoch is None and history.epoch and os.path.exists(out):
+        best.recall(history, len(history.epoch))  # resumed after its last epoch: the best file stands
     if best is not None and best.saved_epoch is not None:
         print(f"saved {out}: the model of epoch {best.saved_epoch} of {len(history.epoch)}, the best on --val "
               f"(validation accuracy {best.acc:.3f}, loss {best.loss:.4f})")
@@ -665,11 +667,14 @@ class _BestKeeper:
         self.out, self.meta = out, meta
         self.acc, self.loss, self.saved_epoch = -1.0, math.inf, None
 
+    def recall(self, history, n):
+        """A resumed run: the best of the first ``n`` epochs is the file written before."""
+        k = max(range(n), key=lambda i: (history.val_acc[i], -history.val_loss[i]))
+        self.acc, self.loss, self.saved_epoch = history.val_acc[k], history.val_loss[k], history.epoch[k]
+
     def offer(self, epoch, net, history):
         if self.saved_epoch is None and len(history.epoch) > 1 and os.path.exists(self.out):
-            # resumed: the best of the earlier epochs is the file already written
-            k = max(range(len(history.epoch) - 1), key=lambda i: (history.val_acc[i], -history.val_loss[i]))
-            self.acc, self.loss, self.saved_epoch = history.val_acc[k], history.val_loss[k], history.epoch[k]
+            self.recall(history, len(history.epoch) - 1)
         acc, loss = history.val_acc[-1], history.val_loss[-1]
         if (acc, -loss) > (self.acc, -self.loss):
             net.save(self.out, epoch=epoch, val_acc=acc, val_loss=loss, **self.meta)
