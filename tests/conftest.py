@@ -36,6 +36,14 @@ def backend_params(include_numpy=False):
     return params
 
 
+@pytest.fixture(autouse=True)
+def keep_backend():
+    """Commands and backend tests select a backend for the process; give the next test the one it had."""
+    name = zfraw.get_backend().name
+    yield
+    zfraw.set_backend(name)
+
+
 @pytest.fixture
 def rng():
     """A fresh seeded generator per test."""

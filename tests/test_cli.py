@@ -7,16 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-import zfraw
 from zfraw import cli, nn
-
-
-@pytest.fixture(autouse=True)
-def keep_backend():
-    """Commands select a backend for the process; give the next test the one it had."""
-    name = zfraw.get_backend().name
-    yield
-    zfraw.set_backend(name)
 
 
 @pytest.fixture

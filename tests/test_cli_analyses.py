@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import zfraw
 from zfraw import cli, nn, train
-
-
-@pytest.fixture(autouse=True)
-def keep_backend():
-    name = zfraw.get_backend().name
-    yield
-    zfraw.set_backend(name)
 
 
 def _tiny():

@@ -18,13 +18,6 @@ from test_cli import image, weights  # noqa: F401  (the fixtures: a tiny model f
 from zfraw import cli
 
 
-@pytest.fixture(autouse=True)
-def keep_backend():
-    name = zfraw.get_backend().name
-    yield
-    zfraw.set_backend(name)
-
-
 def one_line(err, command):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err

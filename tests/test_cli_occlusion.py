@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import zfraw
 from zfraw import cli, nn
-
-
-@pytest.fixture(autouse=True)
-def keep_backend():
-    name = zfraw.get_backend().name
-    yield
-    zfraw.set_backend(name)
 
 
 def run(*args, cwd=None):

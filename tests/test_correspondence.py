@@ -15,13 +15,6 @@ from zfraw.render.correspondence import html_table, markdown_table
 from conftest import backend_params
 
 
-@pytest.fixture(autouse=True)
-def keep_backend():
-    name = zfraw.get_backend().name
-    yield
-    zfraw.set_backend(name)
-
-
 def tiny_net():
     with zfraw.use_backend("numpy"):
         return nn.Sequential([

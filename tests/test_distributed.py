@@ -41,14 +41,6 @@ def tiny_net():
     ], input_shape=(3, SIDE, SIDE), name="tiny")
 
 
-@pytest.fixture(autouse=True)
-def keep_backend():
-    """Commands select a backend for the process; give the next test the one it had."""
-    name = zfraw.get_backend().name
-    yield
-    zfraw.set_backend(name)
-
-
 @pytest.fixture(scope="module")
 def client():
     import warnings

@@ -14,13 +14,6 @@ from zfraw.backend import set_workspace_bytes
 from conftest import backend_params
 
 
-@pytest.fixture(autouse=True)
-def keep_backend():
-    name = zfraw.get_backend().name
-    yield
-    zfraw.set_backend(name)
-
-
 def tiny_net(dtype=np.float64, classes=4):
     """conv 3->4 (3x3 pad 1) -> relu -> pool 2 -> conv 4->5 (3x3) -> relu -> fc -> 4 classes; input 3x12x10."""
     with zfraw.use_backend("numpy"):

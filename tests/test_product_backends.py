@@ -19,13 +19,6 @@ from zfraw.train import SGD, train_step
 from conftest import backend_params
 
 
-@pytest.fixture(autouse=True)
-def keep_backend():
-    name = zfraw.get_backend().name
-    yield
-    zfraw.set_backend(name)
-
-
 @pytest.fixture(scope="module")
 def model():
     net, meta = builtin.load_model()

@@ -11,8 +11,8 @@ and :func:`correspondence_sets` are the paper's occlusion and correspondence
 analyses over many images.
 
 The network travels once per worker: its architecture and weights are
-scattered to every worker (``client.scatter(..., broadcast=True)``), and each
-worker builds the network from them once and keeps it for every later task
+scattered once (``client.scatter``); each worker fetches them with its first
+task, keeps the copy, builds the network from it once and keeps it for every later task
 (:func:`worker_net`).  The dataset object (a file list, not the images) is
 scattered the same way; workers read the image files themselves, so on a
 cluster the folder must be visible to every worker at the same path.
@@ -156,8 +156,8 @@ def _submit_and_collect(client, fn, net, items, threads, kwargs, progress, desc)
     as each finishes (a tqdm bar over finished items), raising its warnings here."""
     dd = require_dask()
     items = list(items)
-    payload = None if net is None else client.scatter(net_payload(net), broadcast=True, hash=False)
-    kwargs = {k: (client.scatter(v, broadcast=True, hash=False) if _worth_scattering(v) else v)
+    payload = None if net is None else client.scatter(net_payload(net), hash=False)
+    kwargs = {k: (client.scatter(v, hash=False) if _worth_scattering(v) else v)
               for k, v in kwargs.items()}
     backend = get_backend().name
     futures = {}
