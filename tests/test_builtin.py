@@ -41,6 +41,27 @@ def test_train_builtin_tiny_run_writes_a_loadable_model(tmp_path):
     assert net.forward(x).shape == (2, len(synthetic.CLASSES))
 
 
+def test_train_builtin_on_a_subset_of_classes(tmp_path):
+    out = tmp_path / "seen.npz"
+    builtin.train_builtin(str(out), epochs=1, n_train_per_class=22, progress=False, classes=["star", "car", "ring"])
+    net, meta = builtin.load_model(str(out))
+    assert meta["classes"] == ["star", "car", "ring"] and meta["recipe"]["classes"] == ["star", "car", "ring"]
+    assert net.forward(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 3)
+    # the kept images are those of the full run, relabelled in the order given
+    images, labels = synthetic.make_dataset(2, seed=0, split="val")
+    kept, new = builtin._keep_classes(images, labels, ["star", "car"])
+    star, car = synthetic.CLASSES.index("star"), synthetic.CLASSES.index("car")
+    np.testing.assert_array_equal(kept, images[(labels == star) | (labels == car)])
+    np.testing.assert_array_equal(new, np.where(labels[(labels == star) | (labels == car)] == star, 0, 1))
+
+
+@pytest.mark.parametrize("classes, match", [(["star", "dog"], "dog"), (["star"], "at least two"),
+                                            (["star", "star"], "at least two"), ("star,car", "list")])
+def test_train_builtin_refuses_bad_classes(tmp_path, classes, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        builtin.train_builtin(str(tmp_path / "x.npz"), epochs=1, n_train_per_class=1, progress=False, classes=classes)
+
+
 def test_load_model_missing_file_says_how_to_rebuild(tmp_path):
     with pytest.raises(FileNotFoundError, match="zfraw train --builtin"):
         builtin.load_model(str(tmp_path / "nope.npz"))

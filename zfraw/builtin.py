@@ -78,7 +78,7 @@ def eval_transform(mean):
 
 
 def train_builtin(out, epochs=None, n_train_per_class=None, progress=True, checkpoint=None, resume=False,
-                  snapshots=None, snapshot_dir=None, model="zfnet_mini"):
+                  snapshots=None, snapshot_dir=None, model="zfnet_mini", classes=None):
     """Train the built-in model with :data:`RECIPE` and save it to ``out`` (.npz).
 
     ``epochs``/``n_train_per_class`` override the recipe (for quick runs);
@@ -91,10 +91,15 @@ def train_builtin(out, epochs=None, n_train_per_class=None, progress=True, check
     ``zfraw/weights/zfnet_mini_snapshots.npz``).  ``model``: ``"zfnet_mini"`` (the
     built-in model) or ``"alexnet_mini"`` (AlexNet's first layer, for the
     comparison of :mod:`zfraw.analysis.first_layer`), trained with the same recipe.
+    ``classes``: train on these classes of :data:`zfraw.synthetic.CLASSES` only
+    (names, in the order of the new labels 0, 1, ...; default all ten), e.g. to
+    keep the others unseen for the held-out-classes experiment of
+    :mod:`zfraw.transfer`; the images of each kept class are those of the full run.
     Returns the training :class:`~zfraw.train.History`.
     """
     if model not in ("zfnet_mini", "alexnet_mini"):
         raise ValueError(f"model must be 'zfnet_mini' or 'alexnet_mini', got {model!r}")
+    class_names = _class_subset(classes)
     stem = os.fspath(out)[:-4] if os.fspath(out).endswith(".npz") else os.fspath(out)
     if snapshots and snapshot_dir is None:
         snapshot_dir = stem + "_snapshots"
@@ -110,12 +115,16 @@ def train_builtin(out, epochs=None, n_train_per_class=None, progress=True, check
                                                         split="train")
     val_images, val_labels = synthetic.make_dataset(r["n_val_per_class"], seed=r["seed"], size=r["size"],
                                                     split="val")
+    if classes is not None:
+        train_images, train_labels = _keep_classes(train_images, train_labels, class_names)
+        val_images, val_labels = _keep_classes(val_images, val_labels, class_names)
+        r["classes"] = list(class_names)
     mean = (train_images.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
-    train_set = data.ArrayDataset(train_images, train_labels, classes=synthetic.CLASSES)
-    val_set = data.ArrayDataset(val_images, val_labels, classes=synthetic.CLASSES)
+    train_set = data.ArrayDataset(train_images, train_labels, classes=class_names)
+    val_set = data.ArrayDataset(val_images, val_labels, classes=class_names)
     render_s = time.perf_counter() - t0
 
-    net = models.build(model, num_classes=len(synthetic.CLASSES), seed=r["seed"], init_std=r["init_std"],
+    net = models.build(model, num_classes=len(class_names), seed=r["seed"], init_std=r["init_std"],
                        first_init_std=r["first_init_std"], input_size=r["size"])
 
     def train_batches(epoch):
@@ -129,7 +138,7 @@ def train_builtin(out, epochs=None, n_train_per_class=None, progress=True, check
     def schedule(base_lr, epoch, history):
         return base_lr * (0.1 if epoch >= r["lr_drop_epoch"] else 1.0)
 
-    extra = dict(classes=list(synthetic.CLASSES), mean=mean.tolist(), recipe=r)
+    extra = dict(classes=list(class_names), mean=mean.tolist(), recipe=r)
     history = train.fit(net, train_batches, val_batches, epochs=r["epochs"], lr=r["lr"], momentum=r["momentum"],
                         weight_decay=r["weight_decay"], renorm_radius=r["renorm_radius"], schedule=schedule,
                         checkpoint=checkpoint, resume=resume, progress=progress, extra=extra,
@@ -143,3 +152,27 @@ def train_builtin(out, epochs=None, n_train_per_class=None, progress=True, check
         evolution.pack_snapshots([train.snapshot_path(snapshot_dir, e) for e in sorted(set(snapshots))],
                                  stem + "_snapshots.npz")
     return history
+
+
+def _class_subset(classes):
+    """``classes`` (None or names of :data:`zfraw.synthetic.CLASSES`) -> the list of names trained on."""
+    if classes is None:
+        return list(synthetic.CLASSES)
+    if isinstance(classes, str):
+        raise TypeError(f"classes must be a list of class names, got the string {classes!r}")
+    names = list(classes)
+    unknown = [c for c in names if c not in synthetic.CLASSES]
+    if unknown:
+        raise ValueError(f"classes: {unknown} are not built-in classes (those are {list(synthetic.CLASSES)})")
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"classes must name at least two different built-in classes, got {names}")
+    return names
+
+
+def _keep_classes(images, labels, names):
+    """The images of the classes ``names`` (N', H, W, 3) and their new labels 0..len(names)-1 (N',)."""
+    old = np.array([synthetic.CLASSES.index(c) for c in names])
+    keep = np.isin(labels, old)
+    remap = np.full(len(synthetic.CLASSES), -1, dtype=np.int64)
+    remap[old] = np.arange(len(names))
+    return images[keep], remap[labels[keep]]
