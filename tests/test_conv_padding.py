@@ -4,7 +4,8 @@ The layer against an independent float64 reference (``np.pad`` of the input, the
 ``zfraw.reference.conv2d`` with pad 0) on every backend over many random
 geometries; its backward by finite differences; its projection as the exact
 transpose of the forward; ``F.pad2d`` / ``F.crop2d`` as each other's adjoint; the
-receptive-field boxes; and the ``.npz`` round trip.
+receptive-field boxes; the ``.npz`` round trip; and ONNX import and export against
+onnxruntime.
 """
 import numpy as np
 import pytest
@@ -229,3 +230,68 @@ def test_npz_round_trip_of_asymmetric_and_symmetric_convs(tmp_path):
     assert again["conv2"].padding == (1, 1, 2, 2) and again["conv2"].pad == (1, 2)
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 11)).astype(np.float32)
     np.testing.assert_array_equal(again.forward(x), net.forward(x))
+
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from zfraw.io import onnx as zonnx  # noqa: E402
+
+
+def _run_ort(model, x):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_onnx_conv_with_asymmetric_pads_and_groups_matches_onnxruntime(tmp_path):
+    rng = np.random.default_rng(5)
+    # ONNX pads are [top, left, bottom, right]
+    specs = [([0, 1, 2, 0], [2, 1], 2, (3, 3)), ([3, 0, 1, 2], [1, 2], 1, (2, 3)), ([1, 1, 0, 0], [2, 2], 2, (3, 2))]
+    nodes, inits, cin, x_name = [], [], 4, "x"
+    for i, (pads, strides, group, kernel) in enumerate(specs, start=1):
+        w = (rng.standard_normal((4, cin // group) + kernel) * 0.4).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(rng.standard_normal(4).astype(np.float32),
+                                                                                f"b{i}")]
+        nodes.append(helper.make_node("Conv", [x_name, f"w{i}", f"b{i}"], [f"conv{i}"], name=f"conv{i}",
+                                      kernel_shape=list(kernel), strides=strides, pads=pads, group=group))
+        x_name = f"conv{i}"
+    graph = helper.make_graph(nodes, "asym", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 13, 12])],
+                              [helper.make_tensor_value_info(x_name, TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "asym.onnx"))
+    net = zonnx.load(tmp_path / "asym.onnx")
+    assert [net[f"conv{i}"].padding for i in (1, 2, 3)] == [(0, 2, 1, 0), (3, 1, 0, 2), (1, 0, 1, 0)]
+    assert net["conv3"].pad == (1, 0, 1, 0)
+    x = rng.standard_normal((2, 4, 13, 12)).astype(np.float32)
+    ref = _run_ort(model, x)
+    ours = net.forward(x)
+    assert ours.shape == ref.shape == (2, 4) + net.summary((4, 13, 12))[-1][2][1:]
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    # export: onnxruntime runs zfraw's file to the same outputs, and import -> export round-trips
+    zonnx.save(net, tmp_path / "out1.onnx", input_shape=(4, 13, 12))
+    exported = onnx.load(str(tmp_path / "out1.onnx"))
+    assert [list(a.ints) for n in exported.graph.node for a in n.attribute if a.name == "pads"] == [
+        s[0] for s in specs]
+    np.testing.assert_allclose(_run_ort(exported, x), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    again = zonnx.load(tmp_path / "out1.onnx")
+    assert again.spec() == net.spec()
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[k], v)
+    zonnx.save(again, tmp_path / "out2.onnx", input_shape=(4, 13, 12))
+    assert (tmp_path / "out1.onnx").read_bytes() == (tmp_path / "out2.onnx").read_bytes()
+
+
+def test_onnx_export_of_a_zfraw_net_with_an_asymmetric_conv(tmp_path):
+    net = nn.Sequential([("conv1", nn.Conv2d(3, 4, 5, 2, pad=(2, 1, 1, 2), init_std=0.2)), ("relu1", nn.ReLU()),
+                         ("pool1", nn.MaxPool2d(3, 2, pad=(0, 1, 0, 1))),
+                         ("conv2", nn.Conv2d(4, 6, 3, 1, pad=(0, 0, 1, 0), groups=2, init_std=0.2)),
+                         ("flatten", nn.Flatten()), ("fc3", nn.Linear(6 * 2 * 2, 5))], input_shape=(3, 16, 15))
+    assert net.summary()[3][2] == (6, 2, 2)
+    x = np.random.default_rng(2).standard_normal((1, 3, 16, 15)).astype(np.float32)
+    zonnx.save(net, tmp_path / "net.onnx")
+    ref = _run_ort(onnx.load(str(tmp_path / "net.onnx")), x)
+    np.testing.assert_allclose(net.forward(x), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    assert zonnx.load(tmp_path / "net.onnx").spec() == net.spec()
