@@ -56,13 +56,13 @@ def layer_shapes(net, input_shape):
     for name, layer in net:
         out.append((name, layer, shape))
         if isinstance(layer, nn.Conv2d):
-            (kh, kw), (sh, sw), (ph, pw) = layer.geometry
-            shape = (layer.out_channels, F.conv_output_size(shape[1], kh, sh, ph),
-                     F.conv_output_size(shape[2], kw, sw, pw))
+            (kh, kw), (sh, sw), _ = layer.geometry
+            shape = (layer.out_channels, F.conv_output_size(shape[1], kh, sh, layer.padding[:2]),
+                     F.conv_output_size(shape[2], kw, sw, layer.padding[2:]))
         elif isinstance(layer, nn.MaxPool2d):
-            (kh, kw), (sh, sw), (ph, pw) = layer.geometry
-            shape = (shape[0], F.pool_output_size(shape[1], kh, sh, ph, layer.ceil_mode),
-                     F.pool_output_size(shape[2], kw, sw, pw, layer.ceil_mode))
+            (kh, kw), (sh, sw), _ = layer.geometry
+            shape = (shape[0], F.pool_output_size(shape[1], kh, sh, layer.padding[:2], layer.ceil_mode),
+                     F.pool_output_size(shape[2], kw, sw, layer.padding[2:], layer.ceil_mode))
         elif isinstance(layer, nn.Flatten):
             shape = (int(np.prod(shape)),)
         elif isinstance(layer, nn.Linear):

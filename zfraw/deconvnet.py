@@ -124,8 +124,10 @@ def receptive_field(net, layer):
     """(size, stride, offset) of one unit of ``layer``'s output, in input pixels.
 
     Walks the windowed layers (conv, pool) from the input: size += (k - 1) * jump,
-    offset -= pad * jump, jump *= stride.  The offset is negative when padding is
-    involved (the window then starts outside the image).  A fully connected layer
+    offset -= pad * jump, jump *= stride, with pad the top/left pad (where the
+    first window starts; a bottom/right pad only adds windows).  The offset is
+    negative when padding is involved (the window then starts outside the
+    image).  A fully connected layer
     sees the whole input: (H, H, 0) for an H x H input (``net.input_shape``).
     Non-square geometry is not supported.
     """

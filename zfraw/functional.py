@@ -29,7 +29,7 @@ from zfraw._args import int_arg as _int, pair_arg as _pair, shape_arg as _shape
 
 __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "conv_transpose2d", "conv_matrix",
-    "conv_output_size", "pool_output_size", "pool_padding",
+    "conv_output_size", "pool_output_size", "pad_sides", "pool_padding", "pad2d", "crop2d",
     "max_pool2d", "max_unpool2d", "relu", "relu_backward", "RELU_RULES",
     "local_response_norm", "local_response_norm_backward",
     "linear", "linear_backward", "dropout", "softmax", "cross_entropy",
@@ -73,12 +73,19 @@ def _spatial_shape(name, shape):
 
 
 def conv_output_size(size, k, stride, pad, name="input"):
-    """floor((size + 2 pad - k) / stride) + 1, or a ValueError when the window does not fit."""
-    if size + 2 * pad < k:
-        raise ValueError(
-            f"window of {k} is larger than the padded {name} ({size} + 2*{pad} = {size + 2 * pad})"
-        )
-    return (size + 2 * pad - k) // stride + 1
+    """floor((size + before + after - k) / stride) + 1, or a ValueError when the window does not fit.
+
+    ``pad`` is an int (both sides: floor((size + 2 pad - k) / stride) + 1) or a
+    pair (before, after), e.g. (top, bottom) for the height.
+    """
+    if isinstance(pad, numbers.Integral):
+        padded, pads = size + 2 * pad, f"2*{pad}"
+    else:
+        before, after = int(pad[0]), int(pad[1])
+        padded, pads = size + before + after, f"{before}+{after}"
+    if padded < k:
+        raise ValueError(f"window of {k} is larger than the padded {name} ({size} + {pads} = {padded})")
+    return (padded - k) // stride + 1
 
 
 def pool_output_size(size, k, stride, pad, ceil_mode, name="x"):
@@ -106,19 +113,60 @@ def pool_output_size(size, k, stride, pad, ceil_mode, name="x"):
     return out
 
 
-def pool_padding(pad):
-    """A pooling ``pad`` as (top, bottom, left, right).
+def pad_sides(pad, name="pad"):
+    """A conv or pooling ``pad`` as (top, bottom, left, right).
 
     ``pad`` is an int (every side), a pair (ph, pw) (ph above and below, pw left
-    and right) or four ints (top, bottom, left, right), each >= 0.  (ONNX lists
-    pads as [top, left, bottom, right]: pass ``(p[0], p[2], p[1], p[3])``.)
+    and right) or four ints (top, bottom, left, right), each >= 0; anything else
+    is a ValueError or TypeError naming ``name``.  (ONNX lists pads as [top,
+    left, bottom, right]: pass ``(p[0], p[2], p[1], p[3])``.)
     """
     if isinstance(pad, (tuple, list)) and len(pad) == 4:
-        return tuple(_int("pad", v, 0) for v in pad)
+        return tuple(_int(name, v, 0) for v in pad)
     if isinstance(pad, (tuple, list)) and len(pad) != 2:
-        raise ValueError(f"pad must be an int, a pair (ph, pw) or (top, bottom, left, right), got {pad!r}")
-    ph, pw = _pair("pad", pad, 0)
+        raise ValueError(f"{name} must be an int, a pair (ph, pw) or (top, bottom, left, right), got {pad!r}")
+    ph, pw = _pair(name, pad, 0)
     return ph, ph, pw, pw
+
+
+#: the name :class:`zfraw.nn.MaxPool2d` and the pooling ops have used (the same function)
+pool_padding = pad_sides
+
+
+def pad2d(x, padding):
+    """Zero-pad the planes of x: (N, C, H, W) -> (N, C, top + H + bottom, left + W + right).
+
+    ``padding`` is (top, bottom, left, right) (or an int or (ph, pw), as
+    :func:`pad_sides` reads it).  With every side 0 it returns ``x`` itself (no
+    copy).  The adjoint of :func:`crop2d` with the same padding:
+    ``<pad2d(x, p), y> == <x, crop2d(y, p)>``.
+    """
+    top, bottom, left, right = pad_sides(padding, "padding")
+    checked = _array("x", x, 4)
+    if not (top or bottom or left or right):
+        return x
+    n, c, h, w = checked.shape
+    out = _backend.get_backend().xp.zeros((n, c, top + h + bottom, left + w + right), dtype=checked.dtype)
+    out[:, :, top:top + h, left:left + w] = checked
+    return out
+
+
+def crop2d(y, padding):
+    """Cut ``padding`` off the planes of y: (N, C, H, W) -> (N, C, H - top - bottom, W - left - right).
+
+    ``padding`` as in :func:`pad2d`, whose adjoint this is (it drops what
+    :func:`pad2d` added); the result is a contiguous copy, or ``y`` itself when
+    every side is 0.  A crop that leaves no row or column is a ValueError.
+    """
+    top, bottom, left, right = pad_sides(padding, "padding")
+    checked = _array("y", y, 4)
+    if not (top or bottom or left or right):
+        return y
+    n, c, h, w = checked.shape
+    if top + bottom >= h or left + right >= w:
+        raise ValueError(f"padding (top, bottom, left, right) = {(top, bottom, left, right)} crops "
+                         f"y of {h}x{w} to nothing")
+    return _backend.get_backend().xp.ascontiguousarray(checked[:, :, top:h - bottom, left:w - right])
 
 
 #: Each thread that runs a conv's GEMM gets at least this many columns of it
@@ -478,7 +526,7 @@ def max_pool2d(x, size, stride=None, pad=0, ceil_mode=False):
     ``stride`` defaults to ``size``; ``ceil_mode`` keeps a last partial window
     (ZFNet: 110 -> 55 and 26 -> 13 with size 3, stride 2) and accepts what
     PyTorch accepts (see :func:`pool_output_size`).  ``pad`` is an int, (ph, pw)
-    or per side (top, bottom, left, right) (:func:`pool_padding`; Caffe models in
+    or per side (top, bottom, left, right) (:func:`pad_sides`; Caffe models in
     ONNX pad only bottom and right); each side at most half the window, so that
     every window holds an input pixel.  Window (ho, wo) covers rows
     [ho*sh - top, ho*sh - top + kh) and columns [wo*sw - left, wo*sw - left + kw).
@@ -486,7 +534,7 @@ def max_pool2d(x, size, stride=None, pad=0, ceil_mode=False):
     x = _array("x", x, 4)
     kh, kw = _pair("size", size, 1)
     sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
-    top, bottom, left, right = pool_padding(pad)
+    top, bottom, left, right = pad_sides(pad)
     if 2 * max(top, bottom) > kh or 2 * max(left, right) > kw:
         raise ValueError(f"pad must be at most half the window size {(kh, kw)} on each side, "
                          f"got (top, bottom, left, right) = {(top, bottom, left, right)}")
@@ -531,7 +579,7 @@ def max_unpool2d(y, switches, input_shape, *, size=None, stride=None, pad=0):
     if size is not None:
         kh, kw = _pair("size", size, 1)
         sh, sw = (kh, kw) if stride is None else _pair("stride", stride, 1)
-        top, _, left, _ = pool_padding(pad)
+        top, _, left, _ = pad_sides(pad)
         window = (kh, kw, sh, sw, top, left)
     return _backend.kernel("max_unpool2d")(y, switches.astype(np.int64, copy=False), h, w, window)
 

@@ -206,7 +206,7 @@ def _pooled_side(layers, size):
 
     for lname, layer in layers:
         if isinstance(layer, Conv2d):
-            size = conv_output_size(size, layer.kernel_size[0], layer.stride[0], layer.pad[0], lname)
+            size = conv_output_size(size, layer.kernel_size[0], layer.stride[0], layer.padding[:2], lname)
         elif isinstance(layer, MaxPool2d):
             size = pool_output_size(size, layer.size[0], layer.stride[0], layer.padding[:2], layer.ceil_mode, lname)
     return size

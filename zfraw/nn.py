@@ -41,7 +41,9 @@ __all__ = [
 class Layer:
     """Base class: a layer has ``params`` and ``grads`` (dicts of arrays) and a ``training`` flag."""
 
-    #: (kernel, stride, pad) as (h, w) pairs for layers that move a window, else None
+    #: (kernel, stride, offset) as (h, w) pairs for layers that move a window, else None;
+    #: the offset is the (top, left) pad, where the first window starts (per-side pads:
+    #: ``layer.padding``)
     geometry = None
 
     #: keep what backward/project need at each forward; ``Sequential.forward(cache=False)``
@@ -119,6 +121,15 @@ class Conv2d(Layer):
 
     Initialised as in the paper: w ~ N(0, init_std^2) (init_std = 1e-2, or ``"he"``
     for sqrt(2 / fan_in)), b = 0.
+
+    ``pad`` is an int, (ph, pw) or per side (top, bottom, left, right) (see
+    :func:`zfraw.functional.pad_sides`); ``self.pad`` keeps the pair form when the
+    padding is symmetric, and ``self.padding`` is always (top, bottom, left, right).
+    An asymmetric padding is split into the symmetric part (min(top, bottom),
+    min(left, right)), which the conv kernels pad as usual, and the rest, an
+    explicit :func:`~zfraw.functional.pad2d` of the input before the conv; the
+    gradient and the projection end with the adjoint :func:`~zfraw.functional.crop2d`.
+    A symmetric padding leaves no rest and runs the plain conv, without a copy.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, groups=1,
@@ -128,8 +139,15 @@ class Conv2d(Layer):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride, self.pad, self.groups = (kh, kw), F._pair("stride", stride, 1), F._pair("pad", pad, 0), int(groups)
-        self.geometry = (self.kernel_size, self.stride, self.pad)
+        self.kernel_size, self.stride, self.groups = (kh, kw), F._pair("stride", stride, 1), int(groups)
+        self.padding = F.pad_sides(pad)
+        top, bottom, left, right = self.padding
+        self.pad = (top, left) if (top, left) == (bottom, right) else self.padding
+        # what the conv kernels pad (both sides), and the rest, padded explicitly (zeros when symmetric)
+        ph, pw = min(top, bottom), min(left, right)
+        self._kernel_pad, self._extra_pad = (ph, pw), (top - ph, bottom - ph, left - pw, right - pw)
+        # the window offsets (top, left) place the windows; the far pads only add zeros
+        self.geometry = (self.kernel_size, self.stride, (top, left))
         rng = np.random.default_rng(seed)
         xp = _xp()
         self.params["w"] = xp.asarray(_normal(rng, (out_channels, in_channels // groups, kh, kw), init_std, dtype))
@@ -143,21 +161,22 @@ class Conv2d(Layer):
                     groups=self.groups, bias="b" in self.params)
 
     def forward(self, x):
+        x = F.pad2d(x, self._extra_pad)  # x itself when the padding is symmetric
         self._store(x=x)
-        return F.conv2d(x, self.params["w"], self.params.get("b"), self.stride, self.pad, self.groups)
+        return F.conv2d(x, self.params["w"], self.params.get("b"), self.stride, self._kernel_pad, self.groups)
 
     def backward(self, dy):
         x = self._need(self._cache_x, "backward")
-        dx, dw, db = F.conv2d_backward(dy, x, self.params["w"], self.stride, self.pad, self.groups)
+        dx, dw, db = F.conv2d_backward(dy, x, self.params["w"], self.stride, self._kernel_pad, self.groups)
         self.grads["w"] = dw
         if "b" in self.params:
             self.grads["b"] = db
-        return dx
+        return F.crop2d(dx, self._extra_pad)
 
     def project(self, s, rule="deconvnet"):
         x = self._need(self._cache_x, "project")
-        return F.conv_transpose2d(s, self.params["w"], self.stride, self.pad, self.groups,
-                                  output_shape=x.shape)
+        return F.crop2d(F.conv_transpose2d(s, self.params["w"], self.stride, self._kernel_pad, self.groups,
+                                           output_shape=x.shape), self._extra_pad)
 
 
 class ReLU(Layer):
@@ -191,7 +210,7 @@ class MaxPool2d(Layer):
         super().__init__()
         self.size = F._pair("size", size, 1)
         self.stride = self.size if stride is None else F._pair("stride", stride, 1)
-        self.padding = F.pool_padding(pad)
+        self.padding = F.pad_sides(pad)
         top, bottom, left, right = self.padding
         self.pad = (top, left) if (top, left) == (bottom, right) else self.padding
         self.ceil_mode = bool(ceil_mode)

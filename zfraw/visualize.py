@@ -409,16 +409,14 @@ def filters_image(w, ncols=None, scale=6, normalize="filter", pad=1, background=
 def _describe(layer):
     """A short configuration string: '96 7x7/2 pad 1', '3x3/2 ceil', '4096' ..."""
     cfg = layer.config()
-    if isinstance(layer, Conv2d):
-        (kh, kw), (sh, sw), (ph, pw) = layer.geometry
-        s = f"{layer.out_channels} {kh}x{kw}/{sh}" + (f" pad {ph}" if ph else "")
-        return s + (f" groups {layer.groups}" if layer.groups > 1 else "")
-    if layer.geometry is not None:  # pooling
+    if layer.geometry is not None:  # conv or pooling
         (kh, kw), (sh, sw), (ph, pw) = layer.geometry
         sides = getattr(layer, "padding", (ph, ph, pw, pw))
         pad = f" pad {ph}" if ph else ""
         if len(set(sides)) > 1:  # per side: (top, bottom, left, right)
             pad = " pad " + ",".join(map(str, sides))
+        if isinstance(layer, Conv2d):
+            return f"{layer.out_channels} {kh}x{kw}/{sh}{pad}" + (f" groups {layer.groups}" if layer.groups > 1 else "")
         return f"{kh}x{kw}/{sh}{pad}" + (" ceil" if cfg.get("ceil_mode") else "")
     if isinstance(layer, Linear):
         return str(layer.out_features)

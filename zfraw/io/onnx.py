@@ -10,7 +10,8 @@ Supported ops (checked against the ONNX operator specification, opsets 1 to 22):
 ==============  ================================================================
 ONNX op         zfraw layer
 ==============  ================================================================
-Conv            Conv2d: strides, symmetric ``pads``, ``group``; ``dilations`` 1
+Conv            Conv2d: ``strides``, ``pads`` [top, left, bottom, right]
+                (per side), ``group``; ``dilations`` 1
 Relu            ReLU
 LRN             LocalResponseNorm(size, alpha, beta, k=bias); odd ``size``
 MaxPool         MaxPool2d: ``strides``, ``pads`` [top, left, bottom, right]
@@ -27,7 +28,7 @@ Identity        dropped
 ==============  ================================================================
 
 Anything else -- a branch, another op, an attribute zfraw does not honour (a
-``SAME`` ``auto_pad``, a dilation, asymmetric conv pads, ...) -- is a ValueError that
+``SAME`` ``auto_pad``, a dilation, negative pads, ...) -- is a ValueError that
 names the node, its op and what is unsupported; never a silently different network.
 Weights stored as external data are read only from files inside the model's own
 folder.  Layer names follow the paper (conv1..conv5, fc6..fc8, from the node or
@@ -208,9 +209,7 @@ class _Builder:
         if node.ints("dilations", [1, 1]) != [1, 1]:
             raise node.error(f"dilations {node.ints('dilations', [])} are not supported (only 1)")
         group = int(node.attrs.get("group", 1))
-        top, left, bottom, right = pads
-        if (top, left) != (bottom, right):
-            raise node.error(f"asymmetric conv pads {pads} ([top, left, bottom, right]) are not supported")
+        top, left, bottom, right = pads  # ONNX's order; zfraw's is (top, bottom, left, right)
         f, cg = w.shape[:2]
         if self.shape is not None and self.shape[0] != cg * group:
             raise node.error(f"weight {inputs[1]!r} of shape {w.shape} with group {group} expects "
@@ -219,16 +218,16 @@ class _Builder:
             raise node.error(f"bias {inputs[2]!r} must have shape ({f},), got {b.shape}")
         if f % group:
             raise node.error(f"group {group} does not divide the {f} filters")
-        layer = nn.Conv2d(cg * group, f, tuple(kernel), tuple(strides), (top, left), group, bias=b is not None,
-                          init_std=None)
+        layer = nn.Conv2d(cg * group, f, tuple(kernel), tuple(strides), (top, bottom, left, right), group,
+                          bias=b is not None, init_std=None)
         layer.params["w"] = w
         if b is not None:
             layer.params["b"] = b
         if self.shape is not None:
             _, h, wd = self.shape
             try:
-                self.shape = (f, F.conv_output_size(h, kernel[0], strides[0], top, "input height"),
-                              F.conv_output_size(wd, kernel[1], strides[1], left, "input width"))
+                self.shape = (f, F.conv_output_size(h, kernel[0], strides[0], (top, bottom), "input height"),
+                              F.conv_output_size(wd, kernel[1], strides[1], (left, right), "input width"))
             except ValueError as exc:
                 raise node.error(str(exc)) from None
         self.add(node, layer, inputs[1:])
@@ -538,8 +537,8 @@ def save(net, path, input_shape=None, opset=DEFAULT_OPSET):
     """Write ``net`` as an ONNX model (atomically); returns ``path``.
 
     input_shape (C, H, W): the input (default: the network's own); the batch
-    dimension is symbolic (``N``).  Layers become Conv, Relu, MaxPool (per-side
-    pads), LRN, Flatten, Gemm (transB=1), Dropout and Softmax nodes named like the
+    dimension is symbolic (``N``).  Layers become Conv and MaxPool (per-side
+    pads), Relu, LRN, Flatten, Gemm (transB=1), Dropout and Softmax nodes named like the
     layers, with initializers ``<layer>.w`` / ``<layer>.b``; the network's
     preprocessing goes into the metadata (``zfraw.preprocessing``), so that
     :func:`load` gives back the same network, names and weights.
@@ -576,9 +575,9 @@ def save(net, path, input_shape=None, opset=DEFAULT_OPSET):
         if isinstance(layer, nn.Conv2d):
             ins = [current, param(lname, "w", layer.params["w"])] + (
                 [param(lname, "b", layer.params["b"])] if "b" in layer.params else [])
-            (ph, pw) = layer.pad
+            top, bottom, left, right = layer.padding
             node = helper.make_node("Conv", ins, [lname], name=lname, kernel_shape=list(layer.kernel_size),
-                                    strides=list(layer.stride), pads=[ph, pw, ph, pw], group=layer.groups)
+                                    strides=list(layer.stride), pads=[top, left, bottom, right], group=layer.groups)
         elif isinstance(layer, nn.ReLU):
             node = helper.make_node("Relu", [current], [lname], name=lname)
         elif isinstance(layer, nn.MaxPool2d):
