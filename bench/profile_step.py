@@ -54,9 +54,13 @@ class Timers:
 
 def instrument(net, opt, timers, functional):
     """Wrap every layer's forward/backward, the loss and the update with timers (on the instances)."""
+    from zfraw.nn import Layer
+
     for name, layer in net:
         layer.forward = timers.wrap((name, "forward"), layer.forward)
         layer.backward = timers.wrap((name, "backward"), layer.backward)
+        if type(layer).param_backward is not Layer.param_backward:  # its own (Layer's calls backward)
+            layer.param_backward = timers.wrap((name, "backward"), layer.param_backward)
     opt.step = timers.wrap(("SGD.step", "update"), opt.step)
     return timers.wrap(("loss", "forward"), functional.cross_entropy)
 

@@ -670,3 +670,43 @@ def test_maxpool_layer_with_per_side_pads_saves_and_unpools(tmp_path):
     r = np.random.default_rng(4).standard_normal(y.shape)
     dx = again.backward(r)
     assert check_gradient(lambda a: float(np.vdot(F.max_pool2d(a, 3, 2, (0, 1, 1, 0), True)[0], r)), x, dx) < 1e-6
+
+
+def test_backward_without_input_grad_gives_the_same_gradients_and_skips_the_rest():
+    """Training needs no dx of the image: the lowest trainable layer stores dw, db only."""
+    from zfraw import models
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    grads = []
+    for input_grad in (True, False):
+        net = models.zfnet_mini(num_classes=5, seed=1)
+        net.train()
+        out = net.forward(x)
+        dy = np.random.default_rng(4).standard_normal(out.shape).astype(np.float32)
+        dx = net.backward(dy, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append({k: v.copy() for k, v in net.gradients().items()})
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        np.testing.assert_array_equal(grads[0][key], grads[1][key], err_msg=key)
+
+
+def test_backward_without_input_grad_stops_at_the_lowest_layer_with_parameters():
+    calls = []
+
+    class Spy(nn.ReLU):
+        def backward(self, dy):
+            calls.append("spy")
+            return super().backward(dy)
+
+    net = nn.Sequential([("spy", Spy()), ("conv", nn.Conv2d(2, 3, 3, pad=1)), ("relu", nn.ReLU())])
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    y = net.forward(x)
+    assert net.backward(np.ones_like(y), input_grad=False) is None
+    assert calls == [] and net["conv"].grads["w"].shape == (3, 2, 3, 3)
+    _, dw, db = F.conv2d_backward(np.ones_like(y) * (y > 0), np.maximum(x, 0), net["conv"].params["w"], 1, 1)
+    np.testing.assert_array_equal(net["conv"].grads["w"], dw)
+    assert net.backward(np.ones_like(y)).shape == x.shape and calls == ["spy"]
+    dx, _, _ = F.conv2d_backward(np.ones_like(y), x, net["conv"].params["w"], 1, 1, input_grad=False)
+    assert dx is None

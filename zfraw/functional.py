@@ -432,11 +432,12 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
     return x
 
 
-def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1):
+def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1, input_grad=True):
     """Gradients of :func:`conv2d`: dy (N, F, Ho, Wo) -> (dx, dw, db).
 
     dx = C^T dy (:func:`conv_transpose2d`), dw[f] = sum_n dy[n, f] . cols[n]^T,
-    db[f] = sum of dy[:, f].
+    db[f] = sum of dy[:, f].  ``input_grad=False`` skips dx (returned as None): the
+    first layer of a network in training needs only dw and db.
     """
     dy = _array("dy", dy, 4)
     x = _array("x", x, 4)
@@ -452,7 +453,7 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1):
     if dy.shape != (n, f, ho, wo):
         raise ValueError(f"dy must have shape {(n, f, ho, wo)} (the conv output), got {tuple(dy.shape)}")
 
-    dx = conv_transpose2d(dy, w, (sh, sw), (ph, pw), groups, output_shape=(h, wd))
+    dx = conv_transpose2d(dy, w, (sh, sw), (ph, pw), groups, output_shape=(h, wd)) if input_grad else None
     kg, fg = cg * kh * kw, f // groups
     dw_t = xp.zeros((groups, kg, fg), dtype=x.dtype)  # dw transposed, see below
     for tile in conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):

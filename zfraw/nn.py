@@ -65,6 +65,14 @@ class Layer:
     def project(self, s, rule="deconvnet"):
         raise NotImplementedError
 
+    def param_backward(self, dy):
+        """Store the parameter gradients of dy, without dx (the lowest trainable layer in training).
+
+        The default runs :meth:`backward` and drops dx; layers whose dx costs as much as
+        their gradients (Conv2d) skip it.
+        """
+        self.backward(dy)
+
     def __call__(self, x):
         return self.forward(x)  # (not ``__call__ = forward``, which would bind Layer.forward)
 
@@ -166,12 +174,20 @@ class Conv2d(Layer):
         return F.conv2d(x, self.params["w"], self.params.get("b"), self.stride, self._kernel_pad, self.groups)
 
     def backward(self, dy):
+        return F.crop2d(self._gradients(dy, input_grad=True), self._extra_pad)
+
+    def param_backward(self, dy):
+        self._gradients(dy, input_grad=False)
+
+    def _gradients(self, dy, input_grad):
+        """Store dw and db; return dx of the padded input (None without ``input_grad``)."""
         x = self._need(self._cache_x, "backward")
-        dx, dw, db = F.conv2d_backward(dy, x, self.params["w"], self.stride, self._kernel_pad, self.groups)
+        dx, dw, db = F.conv2d_backward(dy, x, self.params["w"], self.stride, self._kernel_pad, self.groups,
+                                       input_grad=input_grad)
         self.grads["w"] = dw
         if "b" in self.params:
             self.grads["b"] = db
-        return F.crop2d(dx, self._extra_pad)
+        return dx
 
     def project(self, s, rule="deconvnet"):
         x = self._need(self._cache_x, "project")
@@ -526,9 +542,23 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy):
-        """Backpropagate dy from the output; every layer stores its parameter gradients; returns dx."""
-        for layer in reversed(self.layers.values()):
+    def backward(self, dy, input_grad=True):
+        """Backpropagate dy from the output; every layer stores its parameter gradients; returns dx.
+
+        ``input_grad=False`` (training) stops at the lowest layer with parameters, which
+        stores its gradients without computing its dx (for conv1 as costly as its dw),
+        and returns None.
+        """
+        layers = list(self.layers.values())
+        if not input_grad:
+            lowest = next((i for i, layer in enumerate(layers) if layer.params), None)
+            if lowest is None:
+                return None
+            for layer in reversed(layers[lowest + 1:]):
+                dy = layer.backward(dy)
+            layers[lowest].param_backward(dy)
+            return None
+        for layer in reversed(layers):
             dy = layer.backward(dy)
         return dy
 

@@ -193,7 +193,7 @@ def train_step(net, x, labels, opt):
     loss, dscores = F.cross_entropy(scores, labels)
     if not math.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}: lower the learning rate (lr={opt.lr})")
-    net.backward(dscores)
+    net.backward(dscores, input_grad=False)  # no dx of the input image
     opt.step()
     return loss, float((to_host(scores.argmax(axis=1)) == to_host(labels)).mean())
 
