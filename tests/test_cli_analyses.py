@@ -70,6 +70,18 @@ def test_compare_first_layer_command(files, capsys):
     assert capsys.readouterr().out.count("dead conv1 filters") == 1  # the same name twice is one row
 
 
+def test_compare_first_layer_command_defaults_to_the_shipped_models(files, capsys):
+    from zfraw import builtin
+
+    out = files["root"] / "fl_builtin.png"
+    rc = cli.main(["compare-first-layer", "--data", files["data"], "--images", "8", "--features", "1",
+                   "--backend", "numpy", "-o", str(out)])
+    assert rc == 0 and _png(out)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "dead conv1 filters" in line]
+    assert [line.split(":")[0] for line in lines] == list(builtin.first_layer_models())
+    assert lines[0].startswith("zfnet_mini:")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["invariance", "IMG", "--transform", "rotate", "--layers", "conv9", "--weights", "W"], "layer 'conv9'"),
     (["invariance", "IMG", "--transform", "shear"], "invalid choice: 'shear'"),

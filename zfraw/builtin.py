@@ -28,10 +28,14 @@ import numpy as np
 
 from zfraw import data, models, nn, synthetic, train
 
-__all__ = ["WEIGHTS", "RECIPE", "load_model", "weights_path", "dataset", "eval_transform", "train_builtin"]
+__all__ = ["WEIGHTS", "ALEXNET_WEIGHTS", "RECIPE", "load_model", "weights_path", "first_layer_models", "dataset",
+           "eval_transform", "train_builtin"]
 
 #: file name of the shipped weights inside the package
 WEIGHTS = "zfnet_mini.npz"
+#: ``alexnet_mini`` (AlexNet's first layer) trained with the same recipe, for the
+#: first-layer comparison (``zfraw train --builtin --model alexnet_mini``)
+ALEXNET_WEIGHTS = "alexnet_mini.npz"
 
 #: the training recipe of the shipped model (``zfraw train --builtin``)
 RECIPE = dict(
@@ -41,9 +45,9 @@ RECIPE = dict(
 )
 
 
-def weights_path():
-    """Where the shipped weights live (inside the installed package)."""
-    return str(resources.files("zfraw").joinpath("weights", WEIGHTS))
+def weights_path(name=WEIGHTS):
+    """Where the shipped weights ``name`` live (inside the installed package)."""
+    return str(resources.files("zfraw").joinpath("weights", name))
 
 
 def load_model(path=None):
@@ -61,6 +65,21 @@ def load_model(path=None):
     meta = nn.read_meta(path)["extra"]
     meta["mean"] = np.asarray(meta.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
     return net.eval(), meta
+
+
+def first_layer_models():
+    """The shipped networks of the first-layer comparison (fig. 6): name -> (net, mean).
+
+    ``"zfnet_mini"`` (the built-in model) and ``"alexnet_mini"`` (AlexNet's 11x11
+    stride-4 first layer, same recipe), each with its per-channel training mean;
+    ``alexnet_mini`` only when its weights are installed.
+    """
+    models_ = {}
+    for name, weights in (("zfnet_mini", WEIGHTS), ("alexnet_mini", ALEXNET_WEIGHTS)):
+        if weights == WEIGHTS or os.path.exists(weights_path(weights)):
+            net, meta = load_model(weights_path(weights))
+            models_[name] = (net, meta["mean"])
+    return models_
 
 
 def dataset(split="val", n_per_class=None, seed=None):

@@ -409,7 +409,7 @@ def _demo_sections(net, ds, transform, model_classes, builtin_weights):
     """
     from functools import partial
 
-    from zfraw import nn, report, to_device
+    from zfraw import builtin, data, nn, report, to_device
     from zfraw.analysis import evolution as evo
     from zfraw.analysis import first_layer as fl
 
@@ -428,10 +428,17 @@ def _demo_sections(net, ds, transform, model_classes, builtin_weights):
         sections.append(partial(report.evolution_section, snapshots=(epochs, [to_device(n) for n in nets]),
                                 x=image_set, note=evo.BUILTIN_NOTE))
     convs = [lyr for _, lyr in net if isinstance(lyr, nn.Conv2d)]
-    if len(convs) >= 2 and convs[0].in_channels == 3:
-        name = "built-in zfnet_mini" if builtin_weights else net.name
+    if builtin_weights:  # the shipped zfnet_mini and, when installed, alexnet_mini
+        nets = {f"built-in {name}": (to_device(other), data.eval_transform(64, 64, mean))
+                for name, (other, mean) in builtin.first_layer_models().items()}
+    elif len(convs) >= 2 and convs[0].in_channels == 3:
+        nets = {net.name: (net, transform)}
+    else:
+        nets = {}
+    if nets:
         sections.append(lambda img_dir: report.first_layer_section(
-            img_dir, {name: fl.first_layer_report(net, ds, transform, limit=min(200, len(ds)))}))
+            img_dir, {name: fl.first_layer_report(other, ds, tr, limit=min(200, len(ds)))
+                      for name, (other, tr) in nets.items()}))
     return sections
 
 
@@ -1090,7 +1097,7 @@ def cmd_evolution(args):
 
 
 def cmd_compare_first_layer(args):
-    from zfraw import data
+    from zfraw import builtin, data
     from zfraw.analysis import first_layer as fl
     from zfraw.render.first_layer import first_layer_figure, report_line
 
@@ -1101,7 +1108,7 @@ def cmd_compare_first_layer(args):
         for path in args.weights:
             nets[os.path.basename(path)] = _load_net(path)
     else:
-        nets = {name: (net, None, mean) for name, (net, mean) in fl.builtin_models().items()}
+        nets = {name: (net, None, mean) for name, (net, mean) in builtin.first_layer_models().items()}
     reports = {}
     for name, (net, _, mean) in nets.items():
         side = _input_side(net)
