@@ -325,6 +325,40 @@ def test_visual_commands_take_an_imported_model(tmp_path, capsys):
     assert nn.load(tmp_path / "o.npz").preprocessing.std == (0.25, 0.25, 0.25)
 
 
+def test_occlude_takes_an_imported_model(tmp_path, capsys):
+    """`zfraw occlude --model X.onnx`: the file's own probabilities (its Softmax is not applied
+    twice), ImageNet names, and the default square hides the image with the model's mean pixel."""
+    from zfraw import cli, data
+    from zfraw.io.classes import imagenet_classes
+    from zfraw.io.preprocess import PRESETS
+
+    model = layouts.zfnet512(9, width=1 / 32, seed=13)
+    path = _save(model, tmp_path, "z.onnx")
+    photo = _photo(tmp_path / "photo.jpg", 2)
+    out = tmp_path / "occ.png"
+    assert cli.main(["occlude", str(photo), "--model", str(path), "--size", "112", "--stride", "56",
+                     "--backend", "numpy", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    (probs,) = _ort_outputs(model, PRESETS["zfnet512"].apply(data.load_image(str(photo)))[None])
+    top = int(np.argmax(probs[0]))
+    assert f"p({imagenet_classes()[top]}) = {probs[0, top]:.3f} unoccluded" in printed
+    assert "3x3 positions" in printed and out.stat().st_size > 0
+    # the mean pixel is what the preprocessing maps to zero
+    layer = PRESETS["zfnet512"].input_layer()
+    mean_image = np.broadcast_to(np.asarray(layer.pixel_mean(), np.float32)[None, :, None, None], (1, 3, 4, 4))
+    np.testing.assert_allclose(layer.forward(np.ascontiguousarray(mean_image)), 0, atol=1e-4)
+
+
+def test_probabilities_do_not_apply_a_second_softmax():
+    from zfraw import functional as F
+
+    scores = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    plain = nn.Sequential([("fc", nn.Linear(4, 5))])
+    ending = nn.Sequential([("fc", nn.Linear(4, 5)), ("prob", nn.Softmax())])
+    np.testing.assert_array_equal(plain.probabilities(scores), F.softmax(scores))
+    assert ending.probabilities(scores) is scores
+
+
 def test_import_errors_are_one_line_with_status_2(tmp_path, capsys):
     import subprocess
     import sys

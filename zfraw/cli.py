@@ -812,7 +812,7 @@ def cmd_summary(args):
 
 def cmd_import(args):
     from zfraw import visualize
-    from zfraw.io import classes, files
+    from zfraw.io import classes
 
     _check_output(args.output, ".npz")
     if not args.model.lower().endswith((".onnx", ".pth", ".pt")):
@@ -834,7 +834,6 @@ def cmd_import(args):
 def cmd_retrain(args):
     """Feature generalization: freeze a model's layers, retrain the last one on a folder."""
     from zfraw import data, transfer
-    from zfraw.io import files
 
     _check_output(args.output, ".npz")
     if not os.path.isdir(args.data):
@@ -911,25 +910,33 @@ def _check_output(path, suffixes):
 def cmd_occlude(args):
     from zfraw import data, deconvnet, to_device, visualize
     from zfraw.analysis.occlusion import occlusion, strongest_drop
-    from zfraw.functional import softmax
     from zfraw.render.occlusion import occlusion_figure
 
+    from zfraw.io.classes import class_names
+    from zfraw.io.files import INPUT_LAYER
+
     _check_output(args.output, (".png",))
+    _check_model_args(args)
     backend = _select_backend(args.backend)
     img = data.load_image(args.image)
-    net, classes, mean = _load_net(args.weights)
+    net, classes, mean, transform = _images_net(args)
     if args.layer is not None:
         net.check_layer(args.layer)
     side = _input_side(net)
-    x = to_device(data.eval_transform(side, side, mean)(img)[None])
+    x = to_device(transform(img)[None])
     scores = net.forward(x, keep=False, cache=False)
     classes = _class_names(args.classes, classes)
+    if classes is None and scores.shape[1] == 1000:
+        classes = class_names(1000)  # an imported ImageNet model
     target = _class_index(args.target, classes, scores.shape[1])
     size = args.size if args.size is not None else max(1, side // 4)
     stride = args.stride if args.stride is not None else max(1, size // 4)
+    fill = args.fill
+    if fill is None:  # the training mean: 0 once it is subtracted, or an imported model's mean pixel
+        fill = net[INPUT_LAYER].pixel_mean() if INPUT_LAYER in net.layers else 0.0
     maps = occlusion(net, x, size, stride, layer=args.layer, feature=args.feature, target=target,
-                     fill=args.fill, batch_size=args.batch_size)
-    unoccluded = float(_host_float(softmax(scores)[0, maps.target[0]]))
+                     fill=fill, batch_size=args.batch_size)
+    unoccluded = float(_host_float(net.probabilities(scores)[0, maps.target[0]]))
     projection = deconvnet.project(net, x, maps.layer, feature=maps.feature)
     net.clear()
     figure = occlusion_figure(maps, 0, visualize.image_to_uint8(_host_float(x[0]), mean),
@@ -1048,7 +1055,7 @@ def cmd_invariance(args):
 
 
 def cmd_predict(args):
-    from zfraw import data, functional as F, nn, to_device, to_host
+    from zfraw import data, to_device, to_host
     from zfraw.io import classes
 
     _check_model_args(args)
@@ -1057,7 +1064,7 @@ def cmd_predict(args):
     net, names, _, transform = _images_net(args)
     x = to_device(transform(img)[None].astype(_net_dtype(net)))
     scores = net.forward(x, keep=False, cache=False)
-    probs = scores if isinstance(list(net.layers.values())[-1], nn.Softmax) else F.softmax(scores)
+    probs = net.probabilities(scores)
     probs = np.asarray(to_host(probs))[0]
     names = classes.class_names(len(probs), names)
     top = np.argsort(-probs, kind="stable")[:args.top]
@@ -1347,12 +1354,14 @@ def build_parser():
     s.add_argument("--stride", type=int, default=None, help="step between positions (default: size / 4)")
     s.add_argument("--target", default=None, help="class (name or index) of the probability map "
                    "(default: the prediction for the whole image)")
-    s.add_argument("--fill", type=float, default=0.0, help="value of the hidden pixels (default 0: the mean)")
+    s.add_argument("--fill", type=float, default=None,
+                   help="value of the hidden pixels, in the network's input units (default: the training mean, "
+                        "0 once it is subtracted; an imported model's mean pixel)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--classes", default=None, help="class names: comma-separated, or a file with one per line "
                    "(default: those saved with the model)")
     s.add_argument("-o", "--output", default="occlusion.png")
-    _add_weights(s), _add_backend(s)
+    _add_weights(s), _add_model(s), _add_preprocessing(s), _add_backend(s)
     s.set_defaults(func=cmd_occlude)
 
     s = sub.add_parser("correspond", help="part correspondence (table 1 of the paper) against random boxes")

@@ -417,6 +417,17 @@ class Normalize(Layer):
     def config(self):
         return dict(channel_order=self.channel_order, scale=self.scale, mean=list(self.mean), std=list(self.std))
 
+    def pixel_mean(self):
+        """The input that this layer maps to 0: the mean as pixels / 255 in RGB, (3,) floats.
+
+        x[order[c]] = mean[c] / scale: what an occluder fills so that it hides the
+        image with the training set's mean, as a zero does for zfraw's own models.
+        """
+        rgb = [0.0, 0.0, 0.0]
+        for c, source in enumerate(self.order):
+            rgb[source] = self.mean[c] / self.scale
+        return tuple(rgb)
+
     def _coefficients(self, like):
         xp = get_backend().xp
         gain = xp.asarray([self.scale / s for s in self.std], dtype=like.dtype).reshape(1, 3, 1, 1)
@@ -500,6 +511,13 @@ class Sequential:
         if name not in self.layers:
             raise ValueError(f"layer {name!r} is not in this network; its layers are {', '.join(self.layers)}")
         return name
+
+    def probabilities(self, out):
+        """Class probabilities (N, K) from the network's output ``out``: its softmax, or
+        ``out`` itself when the last layer already is a :class:`Softmax` (imported models)."""
+        if self.layers and isinstance(next(reversed(self.layers.values())), Softmax):
+            return out
+        return F.softmax(out)
 
     # --- modes
     def train(self, mode=True):

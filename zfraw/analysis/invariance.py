@@ -28,7 +28,6 @@ import numbers
 import numpy as np
 import scipy.ndimage
 
-from zfraw import functional as F
 from zfraw._args import layers_arg
 from zfraw.backend import get_backend, to_host
 from zfraw.nn import Conv2d, Linear, Sequential
@@ -138,7 +137,7 @@ def _forward(net, x, layers):
     net.activations.clear()
     if out.ndim != 2:
         raise ValueError(f"the network's output must be class scores (N, K), got shape {tuple(out.shape)}")
-    return feats, np.asarray(to_host(F.softmax(out)), dtype=np.float64)
+    return feats, np.asarray(to_host(net.probabilities(out)), dtype=np.float64)
 
 
 def invariance(net, x, transform, amounts, layers, *, target=None, progress=False):

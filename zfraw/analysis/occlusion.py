@@ -12,7 +12,8 @@ the paper's figure 7, all from the same sweep:
 
 - ``activity[r, c]`` = sum over (h, w) of a[feature, h, w] at ``layer`` (the total
   activation of one feature map; for an fc layer the unit itself);
-- ``probability[r, c]`` = softmax(scores)[target] (the network's output);
+- ``probability[r, c]`` = softmax(scores)[target] (the network's output; the output
+  itself when the network ends in a Softmax layer);
 - ``label[r, c]`` = argmax of the scores (the most probable class).
 
 Occluded copies are forwarded in batches of at most ``batch_size`` that also fit
@@ -35,7 +36,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from zfraw import functional as F
 from zfraw._args import int_arg
 from zfraw.backend import get_backend, to_host, workspace_bytes
 from zfraw.nn import Conv2d, Sequential
@@ -171,7 +171,7 @@ def _readout(net, out, layer, feature, target):
     """(activity (B,), probability (B,), label (B,)) host arrays from one forward's outputs."""
     a = net.activations[layer]
     act = a[:, feature].reshape(a.shape[0], -1).sum(axis=1)
-    prob = F.softmax(out)
+    prob = net.probabilities(out)
     return (np.asarray(to_host(act), dtype=np.float64), np.asarray(to_host(prob[:, target]), dtype=np.float64),
             np.asarray(to_host(out.argmax(axis=1)), dtype=np.int64))
 
