@@ -25,21 +25,27 @@ from zfraw.render.occlusion import occlusion_figure
 FEATURES = {"conv2": None, "conv3": None, "conv5": None}
 
 
-def main(out=os.path.join(os.path.dirname(os.path.abspath(__file__)), "img"), n_images=1000):
+def main(out=os.path.join(os.path.dirname(os.path.abspath(__file__)), "img"), n_images=1000, only=None):
+    """Write the pictures (``only``: just these file names, e.g. ``{"first_layer.png"}``)."""
     net, meta = builtin.load_model()
     dataset = builtin.dataset("val", n_per_class=n_images // 10)
     transform = builtin.eval_transform(meta["mean"])
-    save = {"filters.png": visualize.filters_image(net["conv1"].params["w"])}
-    for layer, feature in FEATURES.items():
-        figures = visualize.top9(net, dataset, layer, None if feature is None else [feature], transform,
-                                 meta["mean"], n_features=1, cell=96)
-        save[f"top9_{layer}.png"] = next(iter(figures.values()))
-    save["occlusion.png"] = occlusion_picture(net, meta, dataset, transform)
+    save = {}
+    if only is None:
+        save["filters.png"] = visualize.filters_image(net["conv1"].params["w"])
+        for layer, feature in FEATURES.items():
+            figures = visualize.top9(net, dataset, layer, None if feature is None else [feature], transform,
+                                     meta["mean"], n_features=1, cell=96)
+            save[f"top9_{layer}.png"] = next(iter(figures.values()))
+        save["occlusion.png"] = occlusion_picture(net, meta, dataset, transform)
     save.update(other_experiments(net, meta, dataset, transform))
     for name, picture in save.items():
+        if only is not None and name not in only:
+            continue
         atomic_write(os.path.join(out, name), lambda fh, p=picture: p.save(fh, format="PNG"), suffix=".png.tmp")
         print("wrote", os.path.join(out, name))
-    print(markdown_table(part_correspondence(net, dataset, transform, n_images=20, random_draws=10)))
+    if only is None:
+        print(markdown_table(part_correspondence(net, dataset, transform, n_images=20, random_draws=10)))
 
 
 def occlusion_picture(net, meta, dataset, transform, label="face", size=16, stride=2):
@@ -60,7 +66,7 @@ def other_experiments(net, meta, dataset, transform):
 
     from zfraw.analysis import evolution, first_layer, invariance
     from zfraw.render.evolution import evolution_figure
-    from zfraw.render.first_layer import first_layer_figure
+    from zfraw.render.first_layer import first_layer_figure, report_line
     from zfraw.render.invariance import invariance_figure
 
     labels = np.asarray(dataset.labels)
@@ -72,8 +78,12 @@ def other_experiments(net, meta, dataset, transform):
     snapshots = evolution.load_snapshots(evolution.builtin_snapshots_path(), like=net)
     image_set = np.stack([transform(dataset[i][0]) for i in range(100)])
     out["evolution.png"] = evolution_figure(evolution.evolution(snapshots, image_set, n_features=3))
-    report = first_layer.first_layer_report(net, dataset, transform, limit=200)
-    out["first_layer.png"] = first_layer_figure({"built-in zfnet_mini": report})
+    reports = {}
+    for name, (other, mean) in builtin.first_layer_models().items():  # zfnet_mini, and alexnet_mini if shipped
+        reports[f"built-in {name}"] = first_layer.first_layer_report(other, dataset, builtin.eval_transform(mean),
+                                                                     limit=200)
+        print(report_line(f"built-in {name}", reports[f"built-in {name}"]))
+    out["first_layer.png"] = first_layer_figure(reports)
     return out
 
 
@@ -81,5 +91,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "img"))
     parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--only", default=None,
+                        help="comma-separated pictures of other_experiments to write, e.g. first_layer.png,evolution.png")
     args = parser.parse_args()
-    main(args.out, args.images)
+    main(args.out, args.images, None if args.only is None else set(args.only.split(",")))
