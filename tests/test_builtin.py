@@ -19,6 +19,23 @@ def test_shipped_weights_classify_held_out_images():
     assert meta["val_acc"] >= 0.9
 
 
+def test_shipped_alexnet_mini_is_the_recipe_on_alexnets_first_layer_and_classifies():
+    """The second network of the first-layer comparison (fig. 6) ships trained."""
+    from zfraw import models
+
+    path = builtin.weights_path(builtin.ALEXNET_WEIGHTS)
+    net, meta = builtin.load_model(path)
+    expected = models.alexnet_mini(num_classes=len(synthetic.CLASSES))
+    assert net.names == expected.names and meta["recipe"]["model"] == "alexnet_mini"
+    assert net["conv1"].config() == expected["conv1"].config()
+    assert {k: v.shape for k, v in net.parameters().items()} == {k: v.shape for k, v in expected.parameters().items()}
+    assert {k: v for k, v in meta["recipe"].items() if k != "model"} == builtin.RECIPE
+    test_set = builtin.dataset("test", n_per_class=30)
+    _, acc = train.evaluate(net, data.batches(test_set, 100, builtin.eval_transform(meta["mean"])))
+    assert acc >= 0.9, f"the shipped alexnet_mini classifies only {acc:.1%} of held-out images"
+    assert list(builtin.first_layer_models()) == ["zfnet_mini", "alexnet_mini"]
+
+
 def test_shipped_weights_have_trained_first_layer_filters():
     net, _ = builtin.load_model()
     w = net["conv1"].params["w"]
@@ -94,3 +111,10 @@ def test_saved_model_metadata_round_trip(tmp_path):
     again = nn.read_meta(str(path))["extra"]
     assert again["classes"] == meta["classes"]
     np.testing.assert_allclose(again["mean"], meta["mean"])
+
+
+def test_the_packages_weight_files_stay_under_10_mb():
+    folder = os.path.dirname(builtin.weights_path())
+    sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(".npz")}
+    assert {builtin.WEIGHTS, builtin.ALEXNET_WEIGHTS} <= set(sizes)
+    assert sum(sizes.values()) < 10 * 10**6, sizes
