@@ -376,3 +376,15 @@ def test_render_rewrites_every_markdown_from_its_json(tmp_path, common):
     md.write_text("stale")
     assert render.render(tmp_path, log=_quiet) == [md]
     assert md.read_text() == original
+
+
+def test_gemm_state_prints_its_three_rounds(capsys):
+    _load("gemm_state").main(["--repeat", "1", "--pause", "0"])
+    out = capsys.readouterr().out
+    assert out.count("thin GEMM") == 3 and "dense GEMM 2048^3" in out
+
+
+def test_tile_sweep_compiles():
+    import py_compile
+
+    py_compile.compile(str(BENCH / "tile_sweep.py"), doraise=True)
