@@ -162,6 +162,29 @@ def test_map_images_gives_each_image_its_own_forward(client, folder, transform):
         np.testing.assert_array_equal(logits[i], forward_logits(net.eval(), x, None)[i - start])
 
 
+def test_inputs_lost_with_their_worker_are_sent_again(client, folder, transform, monkeypatch):
+    """When the worker holding the scattered network dies (here: its data is released), the
+    waiting tasks are cancelled; the inputs are scattered again and the tasks resubmitted."""
+    net, ds = tiny_net(), data.ImageFolder(folder, skip_bad=True)
+    real, calls = distributed._scatter_inputs, []
+
+    def losing(client_, net_, kwargs_):
+        payload, shipped = real(client_, net_, kwargs_)
+        calls.append(1)
+        if len(calls) == 1:
+            client_.cancel(list(payload.values()))  # as if the worker holding it were gone
+        return payload, shipped
+
+    monkeypatch.setattr(distributed, "_scatter_inputs", losing)
+    with pytest.warns(RuntimeWarning, match="was lost; sending them again"):
+        parts = distributed.map_images(forward_logits, net, ds, client=client, indices=list(range(20)),
+                                       transform=transform, batch_size=8, chunk_size=8, progress=False)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(np.concatenate([i for i, _ in parts]), np.arange(20))
+    x = np.stack([data.load_item(ds, j, transform) for j in range(8)])
+    np.testing.assert_array_equal(parts[0][1], forward_logits(net.eval(), x, None))
+
+
 class Failing(data.ImageFolder):
     """An image folder whose item ``bad_index`` raises a non-data error while ``marker`` exists
     (a scan that stops part-way), or kills its worker process once (``kill=True``)."""

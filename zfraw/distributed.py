@@ -151,35 +151,63 @@ def _warn_again(messages):
         warnings.warn(message, category, stacklevel=4)
 
 
+#: how many times the shipped inputs are sent again when a worker that held them is lost
+LOST_INPUT_RETRIES = 3
+
+
+def _scatter_inputs(client, net, kwargs):
+    """The network's payload and the dataset-like keyword arguments, scattered to the workers once."""
+    payload = None if net is None else client.scatter(net_payload(net), hash=False)
+    return payload, {k: (client.scatter(v, hash=False) if _worth_scattering(v) else v) for k, v in kwargs.items()}
+
+
 def _submit_and_collect(client, fn, net, items, threads, kwargs, progress, desc):
     """Submit ``fn(net, item, **kwargs)`` for every item to the workers; yield (position, result)
-    as each finishes (a tqdm bar over finished items), raising its warnings here."""
+    as each finishes (a tqdm bar over finished items), raising its warnings here.
+
+    The network and the datasets are scattered once, with no replica; when the worker
+    holding them is lost (it died, or the scheduler dropped it as unresponsive on an
+    overloaded machine), the waiting tasks are cancelled with "lost dependencies": the
+    inputs are then scattered again and the unfinished items resubmitted, up to
+    :data:`LOST_INPUT_RETRIES` times.
+    """
+    from concurrent.futures import CancelledError
+
     dd = require_dask()
     items = list(items)
-    payload = None if net is None else client.scatter(net_payload(net), hash=False)
-    kwargs = {k: (client.scatter(v, hash=False) if _worth_scattering(v) else v)
-              for k, v in kwargs.items()}
     backend = get_backend().name
-    futures = {}
-    for pos, item in enumerate(items):
-        fut = client.submit(_run_task, fn, payload, backend, threads, item, kwargs, pure=False)
-        futures[fut] = pos
+    pending = set(range(len(items)))
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(items), desc=desc, unit="task", leave=False)
+    retries = 0
     try:
-        for fut in dd.as_completed(futures):
-            result, messages = fut.result()
-            _warn_again(messages)
-            if bar is not None:
-                bar.update(1)
-            yield futures[fut], result
+        while pending:
+            payload, shipped = _scatter_inputs(client, net, kwargs)
+            futures = {client.submit(_run_task, fn, payload, backend, threads, items[pos], shipped, pure=False): pos
+                       for pos in sorted(pending)}
+            try:
+                for fut in dd.as_completed(futures):
+                    result, messages = fut.result()
+                    _warn_again(messages)
+                    pending.discard(futures[fut])
+                    if bar is not None:
+                        bar.update(1)
+                    yield futures[fut], result
+            except CancelledError:
+                retries += 1
+                if retries > LOST_INPUT_RETRIES:
+                    raise
+                warnings.warn(f"a Dask worker holding the network or the dataset was lost; sending them again "
+                              f"and resubmitting {len(pending)} unfinished task(s) (retry {retries} of "
+                              f"{LOST_INPUT_RETRIES})", RuntimeWarning, stacklevel=3)
+            finally:
+                client.cancel(list(futures))
     finally:
         if bar is not None:
             bar.close()
-        client.cancel(list(futures))
 
 
 def _worth_scattering(value):
