@@ -16,6 +16,10 @@ task, keeps the copy, builds the network from it once and keeps it for every lat
 (:func:`worker_net`).  The dataset object (a file list, not the images) is
 scattered the same way; workers read the image files themselves, so on a
 cluster the folder must be visible to every worker at the same path.
+If the worker holding the scattered copies is lost (it died, or an overloaded
+scheduler dropped it), the waiting tasks are cancelled by Dask; they are then
+resubmitted with freshly scattered copies (:data:`LOST_INPUT_RETRIES` times at
+most, each with a ``RuntimeWarning``).
 
 Warnings a task raises on a worker (an unreadable image skipped, with the
 file's name) are sent back with its result and raised again on the client.
