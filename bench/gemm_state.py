@@ -13,7 +13,6 @@ ran before them.  Prints the medians (ms); writes nothing.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,13 +24,7 @@ import common  # noqa: E402
 
 
 def median_ms(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return common.time_call(fn, repeat=repeat)["median_ms"]
 
 
 def main(argv=None):

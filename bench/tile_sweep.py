@@ -11,13 +11,12 @@ table; writes nothing.
 """
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402,F401  (the repository on the path, as for the other benches)
+import common  # noqa: E402
 from zfraw import backend  # noqa: E402
 from zfraw import functional as F  # noqa: E402
 
@@ -35,13 +34,8 @@ for name, (c, h, f, k, s, p) in cases.items():
 
 
 def t(fn, rep=5):
-    fn()
-    ts = []
-    for _ in range(rep):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    """Median seconds of ``rep`` calls after one warm-up."""
+    return common.time_call(fn, repeat=rep)["median_ms"] / 1e3
 
 
 settings = [512, 1024, 2048, 4096]
