@@ -173,3 +173,18 @@ def test_train_builtin_keeps_and_packs_snapshots(tmp_path):
     epochs, nets, extra = evo.load_snapshots(tmp_path / "mini_snapshots.npz", like=net)
     assert epochs == [1] and extra["classes"] == list(builtin.synthetic.CLASSES)
     np.testing.assert_allclose(nets[0]["conv5"].params["w"], net["conv5"].params["w"], rtol=1e-3, atol=1e-4)
+
+
+def test_the_shipped_snapshots_are_one_run_of_the_recipe_at_the_issues_epochs():
+    """zfraw/weights/zfnet_mini_snapshots.npz: epochs 1, 2, 5, 10, 20 of `zfraw train --builtin
+    --snapshots 1,2,5,10,20`, the built-in architecture, filters that move and stay renormalized."""
+    from zfraw import builtin
+
+    net, _ = builtin.load_model()
+    epochs, nets, extra = evo.load_snapshots(evo.builtin_snapshots_path(), like=net)
+    assert epochs == [1, 2, 5, 10, 20] and extra["classes"] == list(builtin.synthetic.CLASSES)
+    conv1 = [np.asarray(n["conv1"].params["w"], np.float64) for n in nets]
+    for earlier, later in zip(conv1, conv1[1:]):
+        assert np.abs(later - earlier).max() > 1e-3  # training moved the first layer between snapshots
+    for w in conv1:
+        assert train.filter_rms(w).max() <= builtin.RECIPE["renorm_radius"] * (1 + 1e-2)  # float16 rounding

@@ -41,11 +41,10 @@ __all__ = ["Evolution", "evolution", "load_snapshots", "pack_snapshots", "builti
 SNAPSHOTS = "zfnet_mini_snapshots.npz"
 
 #: how the shipped snapshots were made (shown under the demo's figure)
-BUILTIN_NOTE = ("Epochs 1 to 5 come from a rerun of the built-in model's recipe (the first five epochs of "
-                "zfraw train --builtin) on a busy shared 2-core machine, stopped after epoch 5 for time; epoch 20 "
-                "is the shipped model, trained from the same seeds on the development machine. The two runs share "
-                "recipe and seeds but not every bit (the BLAS rounds differently on another CPU), so the last "
-                "column comes from a sister run of the same training.")
+BUILTIN_NOTE = ("Epochs 1, 2, 5, 10 and 20 of one run of the built-in recipe (zfraw train --builtin --snapshots "
+                "1,2,5,10,20, on a 2-core AMD EPYC). It is a sister of the shipped model, not the shipped model "
+                "itself: the same recipe and seeds, but the shipped weights were trained on another CPU, whose "
+                "BLAS rounds differently, so the last column's features differ from those of the model above.")
 
 _PACK_KEY = "__zfraw_snapshots__"
 _EPOCH_FILE = re.compile(r"epoch(\d+)\.npz$")
