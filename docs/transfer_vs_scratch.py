@@ -75,6 +75,7 @@ def seen_classes():
 
 def held_out_classes(base_path):
     if not os.path.exists(base_path):
+        os.makedirs(os.path.dirname(os.path.abspath(base_path)), exist_ok=True)
         print(f"training the six-class base model -> {base_path} (the built-in recipe, about 20 min on 2 cores)")
         builtin.train_builtin(base_path, classes=SEEN)
     base, base_meta = builtin.load_model(base_path)
@@ -97,8 +98,9 @@ def held_out_classes(base_path):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="heldout_base.npz",
-                        help="the six-class model (trained here when missing; default heldout_base.npz)")
+    parser.add_argument("--base", default=os.path.expanduser("~/.cache/zfraw/heldout_base.npz"),
+                        help="the six-class model (trained and saved there when missing; "
+                             "default ~/.cache/zfraw/heldout_base.npz)")
     args = parser.parse_args()
     backend.set_backend("numba" if "numba" in backend.backends() else "numpy")
     seen_classes()
