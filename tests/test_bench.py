@@ -388,3 +388,14 @@ def test_tile_sweep_compiles():
     import py_compile
 
     py_compile.compile(str(BENCH / "tile_sweep.py"), doraise=True)
+
+
+def test_threading_layers_cases_are_zfnets_first_convolutions():
+    from zfraw import models
+
+    cases = _load("threading_layers").CASES
+    net = models.zfnet()
+    for name, (c, _, f, k, s, p) in cases.items():
+        layer = net[name]
+        assert (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.pad) == \
+            (c, f, (k, k), (s, s), (p, p)), name
