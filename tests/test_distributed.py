@@ -144,6 +144,21 @@ def test_the_network_is_built_once_per_worker(client):
     assert len(set(seen)) == len(pids)  # one network object per worker process, for all 12 tasks
 
 
+def test_maps_back_to_back_do_not_lose_each_others_network(client):
+    """Each map ships its network under a fresh key: releasing one map's copy (when it ends)
+    cannot delete the next map's (a dict scattered by its keys did, now and then)."""
+    def rows(net, item):
+        return net["fc"].params["w"].shape[0] + item
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no resubmission either
+        for round_ in range(20):
+            got = distributed.map_items(rows, tiny_net(), [0, 1, 2, 3], client=client, progress=False)
+            assert got == [5, 6, 7, 8], round_
+
+
 def forward_logits(net, x, idx):
     return np.asarray(zfraw.to_host(net.forward(x, keep=False, cache=False)))
 
@@ -172,7 +187,7 @@ def test_inputs_lost_with_their_worker_are_sent_again(client, folder, transform,
         payload, shipped = real(client_, net_, kwargs_)
         calls.append(1)
         if len(calls) == 1:
-            client_.cancel(list(payload.values()))  # as if the worker holding it were gone
+            client_.cancel([payload])  # as if the worker holding it were gone
         return payload, shipped
 
     monkeypatch.setattr(distributed, "_scatter_inputs", losing)

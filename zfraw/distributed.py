@@ -16,8 +16,9 @@ task, keeps the copy, builds the network from it once and keeps it for every lat
 (:func:`worker_net`).  The dataset object (a file list, not the images) is
 scattered the same way; workers read the image files themselves, so on a
 cluster the folder must be visible to every worker at the same path.
-If the worker holding the scattered copies is lost (it died, or an overloaded
-scheduler dropped it), the waiting tasks are cancelled by Dask; they are then
+Each is scattered as one object under a fresh key.  If the worker holding the
+scattered copies is lost (it died, or an overloaded scheduler dropped it), the
+waiting tasks are cancelled by Dask; they are then
 resubmitted with freshly scattered copies (:data:`LOST_INPUT_RETRIES` times at
 most, each with a ``RuntimeWarning``).
 
@@ -160,9 +161,16 @@ LOST_INPUT_RETRIES = 3
 
 
 def _scatter_inputs(client, net, kwargs):
-    """The network's payload and the dataset-like keyword arguments, scattered to the workers once."""
-    payload = None if net is None else client.scatter(net_payload(net), hash=False)
-    return payload, {k: (client.scatter(v, hash=False) if _worth_scattering(v) else v) for k, v in kwargs.items()}
+    """The network's payload and the dataset-like keyword arguments, scattered to the workers once.
+
+    Each is scattered as one object under a fresh random key.  (``client.scatter`` of a
+    dict would store each value under its dict key -- "spec", "state", ... -- the same
+    keys for every call, so the release of one call's payload could delete the next
+    call's: the tasks then failed with "lost dependencies".)
+    """
+    payload = None if net is None else client.scatter([net_payload(net)], hash=False)[0]
+    return payload, {k: (client.scatter([v], hash=False)[0] if _worth_scattering(v) else v)
+                     for k, v in kwargs.items()}
 
 
 def _submit_and_collect(client, fn, net, items, threads, kwargs, progress, desc):
