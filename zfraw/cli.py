@@ -409,7 +409,7 @@ def _demo_sections(net, ds, transform, model_classes, builtin_weights):
     """
     from functools import partial
 
-    from zfraw import builtin, data, nn, report, to_device
+    from zfraw import builtin, nn, report, to_device
     from zfraw.analysis import evolution as evo
     from zfraw.analysis import first_layer as fl
 
@@ -429,7 +429,7 @@ def _demo_sections(net, ds, transform, model_classes, builtin_weights):
                                 x=image_set, note=evo.BUILTIN_NOTE))
     convs = [lyr for _, lyr in net if isinstance(lyr, nn.Conv2d)]
     if builtin_weights:  # the shipped zfnet_mini and, when installed, alexnet_mini
-        nets = {f"built-in {name}": (to_device(other), data.eval_transform(64, 64, mean))
+        nets = {f"built-in {name}": (to_device(other), builtin.eval_transform(mean))
                 for name, (other, mean) in builtin.first_layer_models().items()}
     elif len(convs) >= 2 and convs[0].in_channels == 3:
         nets = {net.name: (net, transform)}
@@ -910,10 +910,9 @@ def _check_output(path, suffixes):
 def cmd_occlude(args):
     from zfraw import data, deconvnet, to_device, visualize
     from zfraw.analysis.occlusion import occlusion, strongest_drop
-    from zfraw.render.occlusion import occlusion_figure
-
     from zfraw.io.classes import class_names
     from zfraw.io.files import INPUT_LAYER
+    from zfraw.render.occlusion import occlusion_figure
 
     _check_output(args.output, (".png",))
     _check_model_args(args)

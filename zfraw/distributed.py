@@ -38,6 +38,7 @@ import os
 import uuid
 import warnings
 from collections import OrderedDict
+from concurrent.futures import CancelledError
 
 import numpy as np
 
@@ -183,8 +184,6 @@ def _submit_and_collect(client, fn, net, items, threads, kwargs, progress, desc)
     inputs are then scattered again and the unfinished items resubmitted, up to
     :data:`LOST_INPUT_RETRIES` times.
     """
-    from concurrent.futures import CancelledError
-
     dd = require_dask()
     items = list(items)
     backend = get_backend().name
