@@ -446,7 +446,7 @@ def machine_info(torch=None, backends=()):
         "load_1min": load_average(),
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                                "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY",
-                                               "OPENBLAS_CORETYPE", "ZFRAW_WORKSPACE_MB")},
+                                               "OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT", "ZFRAW_WORKSPACE_MB")},
         "threads": {},
     }
     blas = _openblas()
@@ -470,6 +470,7 @@ def machine_info(torch=None, backends=()):
     import zfraw
 
     info["zfraw"] = zfraw.__version__
+    info["openblas_thread_timeout"] = list(zfraw.blas.thread_timeout())
     info["workspace_bytes"] = zfraw.workspace_bytes()
     if any(b in GPU_BACKENDS for b in backends):
         import cupy
@@ -687,6 +688,9 @@ def machine_line(info):
         parts.append(f"torch-cuda: CUDA {info.get('torch_cuda')}, cuDNN {info['torch_cudnn']}, "
                      f"cudnn.benchmark {info.get('torch_cudnn_benchmark')}, TF32 {info.get('torch_tf32')}")
     parts.append(f"OpenBLAS {t.get('openblas')} threads, {info.get('openblas_core')} kernels")
+    if info.get("openblas_thread_timeout"):
+        exponent, how = info["openblas_thread_timeout"]
+        parts.append(f"OpenBLAS idle spin 2^{exponent} cycles ({how})")
     parts.append(f"1-min load {info.get('load_1min', 0):.2f} before, {info.get('load_after', 0):.2f} after")
     parts.append(info["date"])
     return "; ".join(parts)

@@ -116,6 +116,10 @@ def _load(name: str) -> Backend:
     from zfraw.kernels import vectorized
 
     generic = {k: getattr(vectorized, k) for k in KERNEL_NAMES}
+    if name in ("numpy", "numba"):
+        from zfraw import blas
+
+        blas.prime()  # out of OpenBLAS's slow state for thin GEMMs (conv1's)
     if name == "numpy":
         return Backend("numpy", np, dict(generic), threads=cpu_threads)
     if name == "numba":
