@@ -40,6 +40,9 @@ float32/float64 arrays, strides and pads as separate ints):
 ``lrn(x, size, alpha, beta, k) -> y`` and ``lrn_backward(dy, x, size, alpha, beta, k) -> dx``
     cross-channel local response norm (PyTorch window: size//2 channels before c,
     (size-1)//2 after).
+``sgd_update(w, g, v, lr, momentum, decay) -> None``
+    one SGD step in place on C-contiguous arrays of one shape and dtype:
+    v <- momentum v - lr g - decay w, then w <- w + v.
 
 Modules: :mod:`vectorized` (array-module generic, used by ``numpy`` and ``cupy``),
 :mod:`cpu` (Numba), :mod:`cuda` (raw CUDA through CuPy; sources in ``*.cu``).

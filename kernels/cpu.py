@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 __all__ = ["KERNELS", "FASTMATH", "threading_layer", "USER_THREADING_VARIABLES", "SEPARATE_POOL_LAYERS", "im2col", "col2im", "im2col_tile", "col2im_tile", "relu", "relu_backward", "max_pool2d", "max_unpool2d", "lrn", "lrn_backward",
-           "POOL_LANES", "POOL_LANES_MAX_PIXELS"]
+           "sgd_update", "POOL_LANES", "POOL_LANES_MAX_PIXELS"]
 
 #: LLVM fast-math flags for every kernel: no ``nnan``/``ninf`` (NaN and -inf must behave).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -805,6 +805,35 @@ def lrn_backward(dy, x, size, alpha, beta, k):
     return dx
 
 
+# ============================================================== the SGD update
+
+@_jit
+def _sgd_kernel(w, g, v, lr, momentum, decay, n_chunks):
+    """v = momentum v - lr g - decay w; w = w + v over flat arrays, in place, one pass."""
+    for chunk in prange(n_chunks):
+        t0, t1 = _chunk(chunk, n_chunks, w.size)
+        ws, gs, vs = w[t0:t1], g[t0:t1], v[t0:t1]
+        for i in range(t1 - t0):
+            vi = vs[i] * momentum - gs[i] * lr - ws[i] * decay
+            vs[i] = vi
+            ws[i] += vi
+
+
+def sgd_update(w, g, v, lr, momentum, decay):
+    """One SGD step in place: v <- momentum v - lr g - decay w, then w <- w + v.
+
+    w, g, v C-contiguous, same shape and dtype; one fused pass on all threads
+    (five reads and writes per element instead of the vectorized version's
+    eleven, and on every core: NumPy's ufuncs run on one).
+    """
+    for name, a in (("w", w), ("g", g), ("v", v)):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous for the numba SGD update")
+    t = w.dtype.type
+    _sgd_kernel(w.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum), t(decay),
+                _elementwise_chunks(w.size))
+
+
 #: the kernel table the ``numba`` backend merges over the vectorized defaults
 KERNELS = {
     "im2col": im2col,
@@ -817,4 +846,5 @@ KERNELS = {
     "max_unpool2d": max_unpool2d,
     "lrn": lrn,
     "lrn_backward": lrn_backward,
+    "sgd_update": sgd_update,
 }

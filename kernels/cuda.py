@@ -379,4 +379,5 @@ KERNELS = {
     "max_unpool2d": max_unpool2d,
     "lrn": lrn,
     "lrn_backward": lrn_backward,
+    "sgd_update": vectorized.sgd_update,  # memory-bound CuPy ufuncs, a small share of a GPU step
 }

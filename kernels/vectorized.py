@@ -170,3 +170,29 @@ def lrn_backward(dy, x, size, alpha, beta, k):
     # c lies in the window of j exactly when j lies in [c - after, c + before]
     back = _channel_window_sum(inner, (size - 1) // 2, size // 2)
     return dy * scale_pow - (2.0 * alpha * beta / size) * x * back
+
+
+#: elements per block of :func:`sgd_update` (4 MiB of float32: the five passes reuse a block in cache)
+SGD_BLOCK = 2**20
+
+
+def sgd_update(w, g, v, lr, momentum, decay):
+    """One SGD step in place: v <- momentum v - lr g - decay w, then w <- w + v.
+
+    w, g, v C-contiguous, same shape and dtype.  Walks them in blocks of
+    :data:`SGD_BLOCK` elements with ``out=`` ufuncs into one scratch block, so
+    no temporary is the size of a parameter (fc6 holds 38 M weights).
+    """
+    xp = get_array_module(w)
+    w, g, v = w.reshape(-1), g.reshape(-1), v.reshape(-1)
+    scratch = xp.empty(min(SGD_BLOCK, w.size), dtype=w.dtype)
+    for i in range(0, w.size, SGD_BLOCK):
+        w_blk, g_blk, v_blk = w[i:i + SGD_BLOCK], g[i:i + SGD_BLOCK], v[i:i + SGD_BLOCK]
+        tmp = scratch[:w_blk.size]
+        v_blk *= momentum
+        xp.multiply(g_blk, lr, out=tmp)
+        v_blk -= tmp
+        if decay:
+            xp.multiply(w_blk, decay, out=tmp)
+            v_blk -= tmp
+        w_blk += v_blk

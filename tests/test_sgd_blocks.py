@@ -41,3 +41,40 @@ def test_blocked_in_place_update_matches_the_formula(backend, dtype):
                 np.testing.assert_allclose(zfraw.to_host(got), w[k], rtol=tol, atol=tol, err_msg=f"{k} step {step}")
                 np.testing.assert_allclose(zfraw.to_host(opt.velocity[k]), v[k], rtol=tol, atol=tol)
     assert not live["conv.w"].flags.c_contiguous
+
+
+@pytest.mark.parametrize("backend", backend_params(include_numpy=True))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_sgd_update_kernel_against_the_formula_in_float64(backend, dtype):
+    """Random sizes (one element, not a multiple of the threads' chunks, more than
+    one vectorized block), with and without decay; in place, nothing else written."""
+    rng = np.random.default_rng(11)
+    tol = 2e-6 if dtype == np.float32 else 1e-14
+    for size in (1, 7, 16385, 3 * 2**19 + 5, 2**21 + 3):
+        for lr, mom, decay in ((0.01, 0.9, 5e-6), (0.3, 0.0, 0.0), (1e-3, 0.99, 0.0)):
+            w, g, v = (rng.standard_normal(size).astype(dtype) for _ in range(3))
+            v_ref = mom * v.astype(np.float64) - lr * g.astype(np.float64) - decay * w.astype(np.float64)
+            w_ref = w.astype(np.float64) + v_ref
+            with zfraw.use_backend(backend):
+                wd, gd, vd = (zfraw.to_device(a) for a in (w, g, v))
+                g_before = zfraw.to_host(gd).copy()
+                assert zfraw.backend.kernel("sgd_update")(wd, gd, vd, lr, mom, decay) is None
+                np.testing.assert_allclose(zfraw.to_host(vd), v_ref, rtol=tol, atol=tol, err_msg=f"v size {size}")
+                np.testing.assert_allclose(zfraw.to_host(wd), w_ref, rtol=tol, atol=tol, err_msg=f"w size {size}")
+                np.testing.assert_array_equal(zfraw.to_host(gd), g_before)  # the gradient is read only
+
+
+@pytest.mark.skipif("numba" not in zfraw.backends(), reason="needs Numba")
+def test_the_numba_update_agrees_with_the_vectorized_one_and_refuses_views():
+    from zfraw.kernels import cpu, vectorized
+
+    rng = np.random.default_rng(3)
+    w, g, v = (rng.standard_normal(100003).astype(np.float32) for _ in range(3))
+    w2, v2 = w.copy(), v.copy()
+    cpu.sgd_update(w, g, v, 0.01, 0.9, 5e-6)
+    vectorized.sgd_update(w2, g, v2, 0.01, 0.9, 5e-6)
+    np.testing.assert_allclose(w, w2, rtol=1e-6, atol=1e-6)  # FMA contraction: last-bit differences
+    np.testing.assert_allclose(v, v2, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="w must be C-contiguous"):
+        cpu.sgd_update(np.ones((4, 4), np.float32).T, np.ones((4, 4), np.float32), np.ones((4, 4), np.float32),
+                       0.1, 0.9, 0.0)

@@ -2,7 +2,8 @@
 
 A *backend* is an array module (NumPy or CuPy) plus a table of kernels, looked
 up by name (``im2col``, ``col2im``, ``im2col_tile``, ``col2im_tile``,
-``relu``, ``relu_backward``, ``max_pool2d``, ``max_unpool2d``, ``lrn``, ``lrn_backward``).  Layer and functional code asks for a kernel by
+``relu``, ``relu_backward``, ``max_pool2d``, ``max_unpool2d``, ``lrn``, ``lrn_backward``,
+``sgd_update``).  Layer and functional code asks for a kernel by
 name and never branches on which backend is active:
 
 =========  ======  ======================================  ========
@@ -38,7 +39,7 @@ __all__ = [
 #: kernels every backend provides (a backend that does not override one gets
 #: the vectorized array-module version, run on its own array type).
 KERNEL_NAMES = ("im2col", "col2im", "im2col_tile", "col2im_tile", "relu", "relu_backward",
-                "max_pool2d", "max_unpool2d", "lrn", "lrn_backward")
+                "max_pool2d", "max_unpool2d", "lrn", "lrn_backward", "sgd_update")
 
 NAMES = ("numpy", "numba", "cupy", "cuda")
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from zfraw import functional as F
-from zfraw.backend import get_backend, to_host
+from zfraw.backend import get_backend, kernel, to_host
 from zfraw._args import int_arg
 from zfraw.io import npz
 from zfraw.nn import Conv2d, Dropout, Sequential
@@ -83,40 +83,28 @@ class SGD:
     def step(self):
         """One update from the gradients of the last ``net.backward``, in place.
 
-        v <- momentum v - lr g - lr wd w, then w <- w + v, walking each parameter
-        in blocks of 2**20 elements (so that the five in-place passes reuse a
-        block while it is in cache) with ``out=`` ufuncs into one scratch block:
-        no temporary the size of a parameter (fc6 alone holds 38 M weights).
+        v <- momentum v - lr g - lr wd w, then w <- w + v, by the backend's
+        ``sgd_update`` kernel (the numba one fused in one pass on every thread;
+        the vectorized one in cache-sized blocks, with no temporary the size of
+        a parameter).  A parameter or velocity that is not C-contiguous (a view
+        the user set) is updated with whole-array operations instead.
         """
-        block = 2**20
         grads = self.net.gradients()
         params = self.net.parameters()
         missing = [name for name in params if name not in grads]
         if missing:
             raise RuntimeError(f"no gradient for {missing[0]}: run net.backward(...) before step()")
         xp = get_backend().xp
-        scratch = {}  # one block per dtype
+        update = kernel("sgd_update")
         for name, p in params.items():
             decay = self.lr * self.weight_decay if name.endswith(".w") else 0.0
             v, g = self.velocity[name], grads[name]
-            if not (p.flags.c_contiguous and v.flags.c_contiguous):  # no flat views: whole arrays
+            if p.flags.c_contiguous and v.flags.c_contiguous:
+                update(p, xp.ascontiguousarray(g, dtype=p.dtype), v, self.lr, self.momentum, decay)
+            else:
                 v *= self.momentum
                 v -= self.lr * g + decay * p
                 p += v
-                continue
-            if p.dtype not in scratch:
-                scratch[p.dtype] = xp.empty(min(block, max(q.size for q in params.values())), dtype=p.dtype)
-            p, g, v = p.reshape(-1), g.reshape(-1), v.reshape(-1)
-            for i in range(0, p.size, block):
-                w_blk, g_blk, v_blk = p[i:i + block], g[i:i + block], v[i:i + block]
-                tmp = scratch[w_blk.dtype][:w_blk.size]
-                v_blk *= self.momentum
-                xp.multiply(g_blk, self.lr, out=tmp)
-                v_blk -= tmp
-                if decay:
-                    xp.multiply(w_blk, decay, out=tmp)
-                    v_blk -= tmp
-                w_blk += v_blk
         renormalize_filters(self.net, self.renorm_radius)
 
     def state_dict(self):
