@@ -378,10 +378,11 @@ def test_render_rewrites_every_markdown_from_its_json(tmp_path, common):
     assert md.read_text() == original
 
 
-def test_gemm_state_prints_its_three_rounds(capsys):
+def test_gemm_state_prints_its_four_rounds(capsys):
     _load("gemm_state").main(["--repeat", "1", "--pause", "0"])
     out = capsys.readouterr().out
-    assert out.count("thin GEMM") == 3 and "dense GEMM 2048^3" in out
+    assert out.count("thin GEMM") == 4 and out.count("conv1 forward") == 3 and "dense GEMM 2048^3" in out
+    assert "unprimed" in out and "primed" in out
 
 
 def test_tile_sweep_compiles():

@@ -1,8 +1,8 @@
 """How zfraw starts the BLAS that runs its GEMMs on the CPU (OpenBLAS, under NumPy).
 
 Two habits of OpenBLAS cost the CPU backends time, both measured on a 2-vCPU
-AMD EPYC with OpenBLAS 0.3.31 (Haswell kernels; bench/README.md, "The BLAS
-start"):
+AMD EPYC with OpenBLAS 0.3.31 (Haswell kernels; bench/README.md, issue 11's
+items 7 and 8 and "The BLAS start, in one run"):
 
 * **Its idle workers spin.**  After every multi-threaded GEMM, OpenBLAS's worker
   threads busy-wait ``2**28`` cycles (about 0.1 s) before they sleep.  zfraw
