@@ -43,10 +43,24 @@ def test_torch_imported_first_gets_the_workers_restarted_too():
     assert _state("import torch; import zfraw")[:2] == (blas.THREAD_TIMEOUT, "restarted")
 
 
-def test_no_restart_while_another_python_thread_runs():
+def test_no_restart_beside_a_thread_the_user_started():
     prelude = ("import numpy, threading, time; t = threading.Thread(target=time.sleep, args=(3,)); t.start(); "
                "import zfraw")
     assert _state(prelude) == (blas.OPENBLAS_DEFAULT_TIMEOUT, "not restarted", "None")
+
+
+def test_no_restart_outside_the_main_thread():
+    prelude = ("import numpy, threading; box = []; "
+               "t = threading.Thread(target=lambda: box.append(__import__('zfraw'))); t.start(); t.join()")
+    assert _state(prelude) == (blas.OPENBLAS_DEFAULT_TIMEOUT, "not restarted", "None")
+
+
+@pytest.mark.skipif(not blas.openblas_libraries(), reason="NumPy runs on another BLAS than OpenBLAS here")
+def test_restart_beside_daemon_threads_as_in_a_notebook_kernel():
+    prelude = ("import numpy, threading, time; "
+               "[threading.Thread(target=time.sleep, args=(3,), daemon=True).start() for _ in range(3)]; "
+               "import zfraw")
+    assert _state(prelude) == (blas.THREAD_TIMEOUT, "restarted", "None")
 
 
 @pytest.mark.parametrize("value, expected", [("10", 10), ("2", 4), ("99", 30), ("0", 28), ("x", 28)])

@@ -20,8 +20,9 @@ items 7 and 8 and "The BLAS start, in one run"):
     imported before zfraw): OpenBLAS's workers are restarted with it through
     OpenBLAS's exported C functions (``openblas_read_env``, then
     ``blas_thread_shutdown_`` and ``blas_thread_init``, the pair OpenBLAS's own
-    fork handler uses), only while this is the process's one Python thread,
-    so that no GEMM can be running.
+    fork handler uses), only when called from the main thread while every
+    other Python thread is a daemon thread (a notebook kernel's I/O threads),
+    so that no GEMM of the user's own threads can be running.
 
   ``import zfraw`` calls :func:`start` first thing; :func:`thread_timeout` says
   what took effect.
@@ -74,9 +75,21 @@ def openblas_libraries():
     return sorted(p for p in paths if ".so" in os.path.basename(p))
 
 
+def _safe_to_restart():
+    """True in the main thread when every other Python thread is a daemon thread.
+
+    A notebook kernel runs its cells in the main thread beside daemon I/O
+    threads (ipykernel: IOPub, Heartbeat, Control, history); a thread the user
+    started (``threading.Thread``, ``ThreadPoolExecutor``: not daemons) might be
+    inside a GEMM, and OpenBLAS's workers must not be stopped under it.
+    """
+    main = threading.main_thread()
+    return threading.current_thread() is main and all(t is main or t.daemon for t in threading.enumerate())
+
+
 def _restart_workers():
     """Restart every loaded OpenBLAS's worker threads with ``THREAD_TIMEOUT``; True if any was."""
-    if threading.active_count() != 1:  # another Python thread might be inside a GEMM
+    if not _safe_to_restart():
         return False
     restarted = False
     os.environ[_VARIABLE] = str(THREAD_TIMEOUT)
@@ -122,8 +135,8 @@ def thread_timeout():
     """(exponent, how): OpenBLAS's idle workers spin ``2**exponent`` cycles; how is
     ``"set at load"`` or ``"restarted"`` (zfraw's :data:`THREAD_TIMEOUT`), ``"user"``
     (the user's ``OPENBLAS_THREAD_TIMEOUT``, clamped to 4..30 as OpenBLAS does) or
-    ``"not restarted"`` (OpenBLAS's default, 28: NumPy was imported before zfraw
-    while other Python threads ran).  Before :func:`start`: (28, "not started").
+    ``"not restarted"`` (OpenBLAS's default, 28: NumPy was imported before zfraw,
+    and zfraw was imported outside the main thread or beside a non-daemon thread).  Before :func:`start`: (28, "not started").
     """
     if _how in ("set at load", "restarted"):
         return THREAD_TIMEOUT, _how
