@@ -4,8 +4,10 @@
 #
 #   bash bench/gpu_session.sh [OUT_DIR] [STAGES...]
 #
-# STAGES (default: info suite check layers net): info, tests (the gpu-marked
-# tests alone), suite (every test, in 8 processes), check, layers, net.  Each
+# STAGES (default: info suite check layers net threads): info, tests (the
+# gpu-marked tests alone), suite (every test, in 8 processes), check, layers,
+# net, threads (the host's CPU: numba and PyTorch forward at 1, 2, 4, 8, 16
+# threads, issue 11's 16-thread target: ten short worker processes).  Each
 # stage has its own time limit, writes its log to OUT_DIR/<stage>.log and cannot
 # stop the stages after it.  On the H100 of 2026-11-26 the suite took 173 s, the
 # checks 9 s, layers (batch 16 and 128, no memory) 125 s, and net with its CPU
@@ -14,7 +16,7 @@
 # machine with CuPy and an NVIDIA GPU (and PyTorch, for the torch columns).
 set -u
 out=${1:-${TMPDIR:-/tmp}/zfraw-gpu-session}; shift || true
-stages=${*:-info suite check layers net}
+stages=${*:-info suite check layers net threads}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -38,6 +40,7 @@ for s in $stages; do
     check)  stage check 90 bash -c "$py -m zfraw check --backend cuda; $py -m zfraw check --backend cupy" ;;
     layers) stage layers 600 $py bench/layers.py --backends cupy cuda --torch-devices cuda ${LAYERS_ARGS:-} ;;
     net)    stage net 600 $py bench/net.py --backends numba cupy cuda ${NET_ARGS:-} ;;
+    threads) stage threads 400 $py bench/threads.py --repeat 3 ;;
     *) echo "unknown stage $s"; exit 2 ;;
     esac
 done

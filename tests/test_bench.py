@@ -400,3 +400,31 @@ def test_threading_layers_cases_are_zfnets_first_convolutions():
         layer = net[name]
         assert (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.pad) == \
             (c, f, (k, k), (s, s), (p, p)), name
+
+
+def test_threads_bench_runs_each_count_in_a_worker_with_that_many_threads(tmp_path, monkeypatch):
+    threads = _load("threads")
+    assert threads.default_threads(2) == [1, 2] and threads.default_threads(16) == [1, 2, 4, 8, 16]
+    assert threads.default_threads(6) == [1, 2, 4, 6]
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    with threads.thread_environment(1):
+        assert all(threads.os.environ[k] == "1" for k in threads.THREAD_VARIABLES)
+    assert threads.os.environ["OMP_NUM_THREADS"] == "7" and "NUMBA_NUM_THREADS" not in threads.os.environ
+    backend = "numba" if "numba" in zfraw.backends() else "numpy"
+    result = threads.main(["--model", "zfnet_mini", "--image-size", "32", "--num-classes", "5", "--batch", "2",
+                           "--repeat", "1", "--threads", "1", "2", "--backends", backend, "--no-torch",
+                           "--out", str(tmp_path)], log=_quiet)
+    assert [(r["impl"], r["threads"]) for r in result["rows"]] == [(backend, 1), (backend, 2)]
+    # each worker really ran with its count (OpenBLAS's, and the backend's own)
+    assert [r["threads_used"]["openblas"] for r in result["rows"]] in ([1, 2], [None, None])
+    assert [r["threads_used"][backend] for r in result["rows"]] == [1, 2]
+    md = next(tmp_path.glob("threads-*.md")).read_text()
+    assert "| 1 |" in md and "| 2 |" in md and "1.00x" in md
+
+
+def test_threads_bench_refuses_a_gpu_or_unknown_backend(capsys):
+    threads = _load("threads")
+    with pytest.raises(SystemExit):
+        threads.main(["--backends", "cupy", "--threads", "1"], log=_quiet)
+    assert "--backends" in capsys.readouterr().err
