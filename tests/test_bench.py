@@ -428,3 +428,13 @@ def test_threads_bench_refuses_a_gpu_or_unknown_backend(capsys):
     with pytest.raises(SystemExit):
         threads.main(["--backends", "cupy", "--threads", "1"], log=_quiet)
     assert "--backends" in capsys.readouterr().err
+
+
+def test_tile_kernels_bench_times_both_layouts(capsys):
+    tiles = _load("tile_kernels")
+    backend = "numba" if "numba" in zfraw.backends() else "numpy"
+    rows = tiles.main(["--batch", "2", "--repeat", "1", "--layers", "conv3", "conv5", "--backend", backend],
+                      log=_quiet)
+    assert set(rows) == {"conv3", "conv5"}
+    assert all(set(m) == {"im2col", "im2col_tile", "col2im", "col2im_tile"} and min(m.values()) > 0
+               for m in rows.values())
