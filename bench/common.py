@@ -535,10 +535,14 @@ def write_atomic(path, text):
 
 
 def write_results(out_dir, stem, result, markdown):
-    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir`` atomically; returns both paths."""
+    """Write ``<stem>.json``, then ``<stem>.md``, under ``out_dir`` atomically; returns both paths.
+
+    ``markdown`` is the text, or a callable that makes it once the JSON is on disk
+    (the CPU-versus-GPU sections read the folder's JSON files, this run's included).
+    """
     out_dir = Path(out_dir)
     json_path = write_atomic(out_dir / f"{stem}.json", json.dumps(result, indent=1, default=_jsonable) + "\n")
-    md_path = write_atomic(out_dir / f"{stem}.md", markdown)
+    md_path = write_atomic(out_dir / f"{stem}.md", markdown() if callable(markdown) else markdown)
     return json_path, md_path
 
 

@@ -443,9 +443,8 @@ def main(argv=None, log=print):
               "gpu_note": None if any(b in common.GPU_BACKENDS for b in backends)
               else "no GPU backend ran (CuPy or a CUDA GPU missing): GPU rows skipped",
               "out_dir": args.out}
-    text = markdown(result)
     stem = common.result_stem("net", info, impls) + ("" if args.model == "zfnet" else f"-{args.model}")
-    paths = common.write_results(args.out, stem, result, text)
+    paths = common.write_results(args.out, stem, result, lambda: markdown(result))
     log(f"wrote {paths[0]} and {paths[1]}")
     return result
 
