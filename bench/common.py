@@ -49,6 +49,14 @@ TORCH_IMPLS = (TORCH, TORCH_CUDA)
 #: every implementation whose work runs on a GPU (timed with events, not wall clock)
 GPU_IMPLS = GPU_BACKENDS + (TORCH_CUDA,)
 
+#: the input side of each model the benches build (``--image-size`` overrides it)
+IMAGE_SIDES = {"zfnet": 224, "alexnet": 227, "zfnet_mini": 64}
+
+
+def image_side(model, given=None):
+    """``given``, else the model's own input side (:data:`IMAGE_SIDES`)."""
+    return given or IMAGE_SIDES[model]
+
 
 def reference_for(impl):
     """The PyTorch column a zfraw backend is compared with: torch-cuda for a GPU backend."""

@@ -412,7 +412,7 @@ def main(argv=None, log=print):
     parser.add_argument("--time-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    image_size = args.image_size or {"zfnet": 224, "alexnet": 227, "zfnet_mini": 64}[args.model]
+    image_size = common.image_side(args.model, args.image_size)
 
     if args.memory_worker:
         memory_worker(args.memory_worker, args.batch[0], args.model, image_size, args.threads)

@@ -76,7 +76,7 @@ def main(argv=None, log=print):
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out", default=str(common.RESULTS))
     args = parser.parse_args(argv)
-    image_size = args.image_size or {"zfnet": 224, "zfnet_mini": 64}[args.model]
+    image_size = common.image_side(args.model, args.image_size)
     torch = None if args.no_torch or not common.torch_installed() else common.import_torch()
 
     import zfraw

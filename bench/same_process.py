@@ -162,7 +162,7 @@ def main(argv=None, log=print):
     args = parser.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 5)
     rounds = args.rounds or (1 if args.quick else 2)
-    image_size = args.image_size or {"zfnet": 224, "zfnet_mini": 64}[args.model]
+    image_size = common.image_side(args.model, args.image_size)
     if args.worker:
         worker(args.worker, args.batch, repeat, args.threads, args.cases, args.model, image_size)
         return None

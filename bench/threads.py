@@ -56,11 +56,11 @@ def thread_environment(threads):
 
 def worker(impl, threads, args):
     """Time one forward in this process; prints JSON {median_ms, iqr_ms, threads_used}."""
-    host = net_bench.our_net(args.model, args.image_size, args.num_classes, "numpy")
     x_host = net_bench.images(args.batch, args.image_size)
     if impl == "torch":
         torch = common.import_torch(threads)
-        model = net_bench.torch_net(torch, host).eval()
+        model = net_bench.torch_net(torch, net_bench.our_net(args.model, args.image_size, args.num_classes,
+                                                             "numpy")).eval()
         x = torch.from_numpy(x_host)
 
         def forward():
@@ -132,7 +132,7 @@ def main(argv=None, log=print):
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.image_size = args.image_size or {"zfnet": 224, "alexnet": 227, "zfnet_mini": 64}[args.model]
+    args.image_size = common.image_side(args.model, args.image_size)
     if args.worker:
         worker(args.worker, args.worker_threads, args)
         return None
