@@ -6,7 +6,9 @@
 * conv2d, conv_transpose2d and conv2d_backward against SciPy in float64 with
   workspace budgets that make tiles of several images, tiles that split the
   batch, and bands that split a plane (down to one row), grouped or not;
-  gradient and adjoint checks through those tiled paths;
+  gradient and adjoint checks through those tiled paths; conv2d_backward's dx
+  (computed over the columns of x it has just used for dw) equal to
+  conv_transpose2d's bit for bit, its inputs untouched;
 * the tile planner: it covers the output once, in order, never exceeds the
   budget (except for the documented one-row minimum) and gives each GEMM
   thread its columns when the budget allows.
@@ -135,6 +137,50 @@ def test_gradients_and_adjoint_through_banded_tiles(backend, rng):
         finally:
             zfraw.set_workspace_bytes(old)
         assert err < 1e-12
+
+
+@pytest.mark.parametrize("backend", backend_params(include_numpy=True))
+@pytest.mark.parametrize("budget_name", ["default", "two_images", "bands", "one_row"])
+def test_backward_shares_its_tiles_with_the_transpose_and_leaves_its_inputs_alone(backend, budget_name, rng):
+    """conv2d_backward computes dx in the tile loop of dw, over the columns of x it
+    has just used: dx must be conv_transpose2d's result bit for bit, x and dy
+    unchanged (1x1 kernels included, whose columns are x's own values), and
+    dw, db the same with ``input_grad=False``."""
+    for trial in range(4):
+        x_shape, w_shape, stride, pad, groups = _geometry(rng, max_n=4)
+        if trial == 0:  # a 1x1 kernel, stride 1, no pad: the columns are a copy of x
+            x_shape, w_shape, stride, pad = x_shape, w_shape[:2] + (1, 1), (1, 1), (0, 0)
+        x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+        ho, wo = R.conv2d(x, w, None, stride, pad, groups).shape[2:]
+        dy = rng.standard_normal((x_shape[0], w_shape[0], ho, wo))
+        old = zfraw.set_workspace_bytes(_budgets(x_shape, w_shape, ho, wo)[budget_name])
+        try:
+            with zfraw.use_backend(backend):
+                xd, wd, dyd = (zfraw.to_device(a) for a in (x, w, dy))
+                dx, dw, db = (_host(a) for a in F.conv2d_backward(dyd, xd, wd, stride, pad, groups))
+                ct = _host(F.conv_transpose2d(dyd, wd, stride, pad, groups, output_shape=x_shape))
+                none, dw2, db2 = F.conv2d_backward(dyd, xd, wd, stride, pad, groups, input_grad=False)
+                x_after, dy_after = _host(xd), _host(dyd)
+        finally:
+            zfraw.set_workspace_bytes(old)
+        np.testing.assert_array_equal(dx, ct)
+        np.testing.assert_array_equal(x_after, x)
+        np.testing.assert_array_equal(dy_after, dy)
+        assert none is None
+        np.testing.assert_array_equal(_host(dw2), dw)
+        np.testing.assert_array_equal(_host(db2), db)
+
+
+@pytest.mark.parametrize("backend", backend_params(include_numpy=True))
+def test_backward_of_an_empty_batch(backend):
+    with zfraw.use_backend(backend):
+        x = zfraw.to_device(np.zeros((0, 4, 6, 6)))
+        w = zfraw.to_device(np.ones((4, 2, 3, 3)))
+        dy = zfraw.to_device(np.zeros((0, 4, 4, 4)))
+        dx, dw, db = (_host(a) for a in F.conv2d_backward(dy, x, w, groups=2))
+    assert dx.shape == (0, 4, 6, 6)
+    np.testing.assert_array_equal(dw, np.zeros((4, 2, 3, 3)))
+    np.testing.assert_array_equal(db, np.zeros(4))
 
 
 @pytest.mark.parametrize("threads", [None, 1, 2, 16])

@@ -265,6 +265,66 @@ def _tile_matrix(a, tile, wo):
     return xp.ascontiguousarray(part.transpose(1, 0, 2)).reshape(f, -1)
 
 
+def _transposed_columns(w_groups_t, y_groups, out):
+    """The columns of C^T y for one tile: out[g] = W_g^T y_g, one GEMM per group.
+
+    w_groups_t (groups, Cg*kh*kw, Fg) (a transposed view of the filters),
+    y_groups (groups, Fg, m*q) -> out (groups, Cg*kh*kw, m*q), written in place.
+    """
+    xp = _backend.get_backend().xp
+    for g in range(w_groups_t.shape[0]):
+        xp.matmul(w_groups_t[g], y_groups[g], out=out[g])
+
+
+class _TileFolder:
+    """col2im of successive tiles (in :func:`conv_tiles` order) into one x (N, C, H, W).
+
+    ``add(tile, cols)`` folds the tile's columns, (groups, Cg*kh*kw, m*q) or
+    (C*kh*kw, m*q) in the tile layout, into x[n0:n1]; a tile of whole planes is
+    folded straight into x (no copy when it is the whole batch), the row bands of
+    an image add up in a padded buffer (bands overlap by kh - sh input rows) that
+    is copied into x when the image's last band arrives.  ``result()`` -> x.
+    """
+
+    def __init__(self, x_shape, dtype, kh, kw, stride, pad):
+        self.x_shape, self.dtype = tuple(x_shape), dtype
+        self.kh, self.kw, (self.sh, self.sw), (self.ph, self.pw) = kh, kw, stride, pad
+        self.ho = (x_shape[2] + 2 * self.ph - kh) // self.sh + 1
+        self._fold = _backend.kernel("col2im_tile")
+        self._x = None
+        self._band_sum = None
+
+    def _target(self):
+        if self._x is None:
+            self._x = _backend.get_backend().xp.empty(self.x_shape, dtype=self.dtype)
+        return self._x
+
+    def add(self, tile, cols):
+        n0, n1, r0, r1 = tile
+        n, c, h, wd = self.x_shape
+        m, kh, kw, sh, sw, ph, pw = n1 - n0, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw
+        cols = cols.reshape(c * kh * kw, -1)
+        if r0 == 0 and r1 == self.ho:  # whole planes
+            planes = self._fold(cols, (m, c, h, wd), kh, kw, sh, sw, ph, pw)
+            if m == n and self._x is None:
+                self._x = planes
+            else:
+                self._target()[n0:n1] = planes
+            return
+        # a band of output rows reaches input rows [r0*sh, r0*sh + height) of the height-padded input
+        if r0 == 0:
+            self._band_sum = _backend.get_backend().xp.zeros((m, c, h + 2 * ph, wd), dtype=self.dtype)
+        height = (r1 - r0 - 1) * sh + kh
+        self._band_sum[:, :, r0 * sh:r0 * sh + height] += self._fold(cols, (m, c, height, wd), kh, kw, sh, sw, 0, pw)
+        if r1 == self.ho:
+            self._target()[n0:n1] = self._band_sum[:, :, ph:ph + h]
+            self._band_sum = None
+
+    def result(self):
+        """x (N, C, H, W), every tile added."""
+        return self._target()
+
+
 # ============================================================== im2col / col2im
 
 def im2col(x, kh, kw, stride=1, pad=0):
@@ -406,30 +466,13 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
         raise ValueError(f"output_shape {tuple(output_shape)} does not match the output's (N, C) = {(n, c)}")
     kg, fg = cg * kh * kw, f // groups
     w_groups_t = w.reshape(groups, fg, kg).transpose(0, 2, 1)
-    x = xp.empty((n, c, h, wd), dtype=y.dtype)
-    fold = _backend.kernel("col2im_tile")
-    acc = None
+    folder = _TileFolder((n, c, h, wd), y.dtype, kh, kw, (sh, sw), (ph, pw))
     for tile in conv_tiles(n, ho, wo, c * kh * kw * y.itemsize):
-        n0, n1, r0, r1 = tile
-        m = n1 - n0
-        # one GEMM per group over the whole tile: (kg, Fg) x (Fg, m*q)
         y_groups = _tile_matrix(y, tile, wo).reshape(groups, fg, -1)
         cols = xp.empty((groups, kg, y_groups.shape[2]), dtype=y.dtype)
-        for g in range(groups):
-            xp.matmul(w_groups_t[g], y_groups[g], out=cols[g])
-        cols = cols.reshape(c * kh * kw, -1)
-        if r0 == 0 and r1 == ho:  # whole planes
-            x[n0:n1] = fold(cols, (m, c, h, wd), kh, kw, sh, sw, ph, pw)
-            continue
-        # a band of output rows reaches input rows [r0*sh, r0*sh + height) of the
-        # height-padded input; bands overlap by kh - sh rows, so they add up
-        if r0 == 0:
-            acc = xp.zeros((m, c, h + 2 * ph, wd), dtype=y.dtype)
-        height = (r1 - r0 - 1) * sh + kh
-        acc[:, :, r0 * sh:r0 * sh + height] += fold(cols, (m, c, height, wd), kh, kw, sh, sw, 0, pw)
-        if r1 == ho:
-            x[n0:n1] = acc[:, :, ph:ph + h]
-    return x
+        _transposed_columns(w_groups_t, y_groups, cols)
+        folder.add(tile, cols)
+    return folder.result()
 
 
 def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1, input_grad=True):
@@ -437,7 +480,10 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1, input_grad=True):
 
     dx = C^T dy (:func:`conv_transpose2d`), dw[f] = sum_n dy[n, f] . cols[n]^T,
     db[f] = sum of dy[:, f].  ``input_grad=False`` skips dx (returned as None): the
-    first layer of a network in training needs only dw and db.
+    first layer of a network in training needs only dw and db.  Both come from one
+    loop over the tiles: each tile's columns of x give dw, then hold the columns of
+    C^T dy (the same shape), folded into dx; dx is :func:`conv_transpose2d`'s result
+    bit for bit.
     """
     dy = _array("dy", dy, 4)
     x = _array("x", x, 4)
@@ -453,19 +499,29 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1, input_grad=True):
     if dy.shape != (n, f, ho, wo):
         raise ValueError(f"dy must have shape {(n, f, ho, wo)} (the conv output), got {tuple(dy.shape)}")
 
-    dx = conv_transpose2d(dy, w, (sh, sw), (ph, pw), groups, output_shape=(h, wd)) if input_grad else None
     kg, fg = cg * kh * kw, f // groups
-    dw_t = xp.zeros((groups, kg, fg), dtype=x.dtype)  # dw transposed, see below
-    for tile in conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
+    w_groups_t = w.reshape(groups, fg, kg).transpose(0, 2, 1)
+    folder = _TileFolder((n, c, h, wd), x.dtype, kh, kw, (sh, sw), (ph, pw)) if input_grad else None
+    dw_t = xp.empty((groups, kg, fg), dtype=x.dtype)  # dw transposed, see below
+    for k, tile in enumerate(conv_tiles(n, ho, wo, c * kh * kw * x.itemsize)):
         cols = _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(groups, kg, -1)
         dy_groups = _tile_matrix(dy, tile, wo).reshape(groups, fg, -1)
         # one GEMM per group over the whole tile, as dw_g^T += cols_g (kg, m*q) x dy_g^T (m*q, Fg):
         # the same product as dy_g cols_g^T, but the orientation OpenBLAS runs fast when the
         # inner dimension m*q is long (measured 12x on conv1, 1.5x on conv3; bench/README.md)
         for g in range(groups):
-            dw_t[g] += cols[g] @ dy_groups[g].T
+            if k == 0:
+                xp.matmul(cols[g], dy_groups[g].T, out=dw_t[g])
+            else:
+                dw_t[g] += cols[g] @ dy_groups[g].T
+        if folder is not None:  # dx = C^T dy, its columns written over the tile's (no second buffer)
+            _transposed_columns(w_groups_t, dy_groups, cols)
+            folder.add(tile, cols)
+    if n == 0:
+        dw_t[...] = 0
+    dx = None if folder is None else folder.result()
     dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1))
-    db = dy.reshape(n, f, -1).sum(axis=2).sum(axis=0)  # contiguous inner sums first: one fast pass
+    db = dy.reshape(n, f, ho * wo).sum(axis=2).sum(axis=0)  # contiguous inner sums first: one fast pass
     return dx, dw.reshape(w.shape), db
 
 
