@@ -42,7 +42,9 @@ def assert_close(out, ref, dtype):
 
 @pytest.fixture
 def poison(monkeypatch):
-    """np.empty returns NaN-filled float arrays (and -1-filled int arrays) during the test."""
+    """np.empty returns NaN-filled float arrays (and -1-filled int arrays; all-ones bytes,
+    NaN as floats, for the backends' scratch buffers, which are released first so that
+    the test's convolutions allocate them poisoned) during the test."""
     real_empty = np.empty
 
     def poisoned(shape, dtype=float, order="C", **kwargs):
@@ -50,12 +52,16 @@ def poison(monkeypatch):
         kind = np.dtype(dtype).kind
         if kind == "f":
             out.fill(np.nan)
-        elif kind in "iu":
+        elif kind == "i":
             out.fill(-1)
+        elif kind == "u":
+            out.fill(np.iinfo(out.dtype).max)
         return out
 
     monkeypatch.setattr(np, "empty", poisoned)
+    zfraw.release_workspace()
     yield
+    zfraw.release_workspace()
 
 
 @pytest.fixture
