@@ -263,13 +263,7 @@ def peak_delta(fn):
     Call ``fn`` once before (warm-up) so that compilation and one-time caches
     are not counted either, and run in a process started with
     :data:`MEMORY_ENV` (see :func:`run_worker`) so freed blocks leave the RSS.
-    The column buffers that zfraw's CPU backends keep between calls
-    (``zfraw.release_workspace``) are freed first, so that they count as the
-    call's memory, not as already resident.
     """
-    import zfraw
-
-    zfraw.release_workspace()
     gc.collect()
     before = _status_kib()["VmRSS"]
     _reset_high_water_mark()

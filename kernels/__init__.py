@@ -11,15 +11,12 @@ float32/float64 arrays, strides and pads as separate ints):
 ``col2im(cols, x_shape, kh, kw, sh, sw, ph, pw) -> x``
     the adjoint of im2col: every column entry is added back to the pixel it came
     from (entries that fall in the padding are dropped).
-``im2col_tile(x, kh, kw, sh, sw, ph, pw, out=None) -> cols``
+``im2col_tile(x, kh, kw, sh, sw, ph, pw) -> cols``
     the same columns laid out for one GEMM over a whole tile of images:
     x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo), column index (n*Ho + ho)*Wo + wo;
     the rows of group g are g*Cg*kh*kw .. (g+1)*Cg*kh*kw, so W_g (Fg, Cg*kh*kw)
     times those rows is group g's output for every image of the tile at once.
-    For N = 1 both layouts are the same array.  Every element is written into
-    ``out`` (a C-contiguous array of that shape and x's dtype, the backend's
-    scratch buffer) when given, else into a new array; either way the caller
-    may overwrite the result (conv2d_backward puts the columns of C^T dy there).
+    For N = 1 both layouts are the same array.
 ``col2im_tile(cols, x_shape, kh, kw, sh, sw, ph, pw) -> x``
     the adjoint of im2col_tile: cols (C*kh*kw, N*Ho*Wo) -> x (N, C, H, W).
 ``relu(x) -> y`` and ``relu_backward(s, x, rule) -> out``

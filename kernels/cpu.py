@@ -313,12 +313,11 @@ def _output_size(h, w, kh, kw, sh, sw, ph, pw):
     return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
-def _unfold(x, kh, kw, sh, sw, ph, pw, tile_layout, out=None):
+def _unfold(x, kh, kw, sh, sw, ph, pw, tile_layout):
     x = _contiguous("x", x)
     n, c, h, w = x.shape
     ho, wo = _output_size(h, w, kh, kw, sh, sw, ph, pw)
-    shape = (n * c * kh * kw, ho, wo)
-    cols = _empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
+    cols = _empty((n * c * kh * kw, ho, wo), dtype=x.dtype)
     _im2col_kernel(x, cols, kh, kw, sh, sw, ph, pw, tile_layout, _n_chunks(n * c))
     return cols
 
@@ -334,12 +333,11 @@ def im2col(x, kh, kw, sh, sw, ph, pw):
     return cols.reshape(n, c * kh * kw, cols.shape[1] * cols.shape[2])
 
 
-def im2col_tile(x, kh, kw, sh, sw, ph, pw, out=None):
+def im2col_tile(x, kh, kw, sh, sw, ph, pw):
     """The tile layout: x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo),
-    ``cols[c*kh*kw + i*kw + j, (n*Ho + ho)*Wo + wo] = xpad[n, c, ho*sh + i, wo*sw + j]``;
-    written into ``out`` (C-contiguous, that shape and x's dtype) when given."""
+    ``cols[c*kh*kw + i*kw + j, (n*Ho + ho)*Wo + wo] = xpad[n, c, ho*sh + i, wo*sw + j]``."""
     n, c = x.shape[:2]
-    cols = _unfold(x, kh, kw, sh, sw, ph, pw, True, out)
+    cols = _unfold(x, kh, kw, sh, sw, ph, pw, True)
     return cols.reshape(c * kh * kw, n * cols.shape[1] * cols.shape[2])
 
 

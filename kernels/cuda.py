@@ -228,14 +228,14 @@ def _float_input(name, a, ndim=4):
 
 # ================================================================ kernels
 
-def _unfold(x, kh, kw, sh, sw, ph, pw, tile_layout, out=None):
+def _unfold(x, kh, kw, sh, sw, ph, pw, tile_layout):
     x = _float_input("x", x)
     xp = _xp(x)
     n, c, h, w = x.shape
     ho = (h + 2 * ph - kh) // sh + 1
     wo = (w + 2 * pw - kw) // sw + 1
     shape = (c * kh * kw, n * ho * wo) if tile_layout else (n, c * kh * kw, ho * wo)
-    cols = _empty(xp, shape, x.dtype) if out is None else out.reshape(shape)
+    cols = _empty(xp, shape, x.dtype)
     it = _index_dtype(x.size, cols.size)
     _launch("im2col.cu", "im2col_kernel", cols.size, (x, cols),
             (n, c, h, w, kh, kw, sh, sw, ph, pw, ho, wo), it, flags=(int(tile_layout),))
@@ -247,10 +247,9 @@ def im2col(x, kh, kw, sh, sw, ph, pw):
     return _unfold(x, kh, kw, sh, sw, ph, pw, False)
 
 
-def im2col_tile(x, kh, kw, sh, sw, ph, pw, out=None):
-    """x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo), the tile layout (one GEMM per group);
-    written into ``out`` (C-contiguous, that shape and x's dtype) when given."""
-    return _unfold(x, kh, kw, sh, sw, ph, pw, True, out)
+def im2col_tile(x, kh, kw, sh, sw, ph, pw):
+    """x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo), the tile layout (one GEMM per group)."""
+    return _unfold(x, kh, kw, sh, sw, ph, pw, True)
 
 
 def _fold(cols, x_shape, kh, kw, sh, sw, ph, pw, tile_layout):

@@ -46,18 +46,14 @@ def im2col(x, kh, kw, sh, sw, ph, pw):
     return xp.array(view, copy=True, order="C").reshape(n, c * kh * kw, Ho * Wo)
 
 
-def im2col_tile(x, kh, kw, sh, sw, ph, pw, out=None):
+def im2col_tile(x, kh, kw, sh, sw, ph, pw):
     """x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo), the tile layout: the same strided
-    view with the image axis moved next to the output positions, one copy (into
-    ``out``, C-contiguous of that shape and x's dtype, when given)."""
+    view with the image axis moved next to the output positions, one copy."""
     n, c, h, w = x.shape
     Ho, Wo = _output_size(h, w, kh, kw, sh, sw, ph, pw)
     view = _windows(_pad(x, ph, ph, pw, pw, 0), kh, kw, sh, sw, Ho, Wo).transpose(1, 2, 3, 0, 4, 5)
-    if out is None:
-        xp = get_array_module(x)
-        return xp.array(view, copy=True, order="C").reshape(c * kh * kw, n * Ho * Wo)
-    out.reshape(view.shape)[...] = view
-    return out
+    xp = get_array_module(x)
+    return xp.array(view, copy=True, order="C").reshape(c * kh * kw, n * Ho * Wo)
 
 
 def _fold(cols6, x_shape, kh, kw, sh, sw, ph, pw):

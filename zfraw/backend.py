@@ -25,8 +25,6 @@ import contextvars
 import importlib
 import importlib.util
 import os
-import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
@@ -36,7 +34,6 @@ __all__ = [
     "Backend", "backends", "get_backend", "set_backend", "use_backend",
     "kernel", "get_array_module", "to_device", "to_host", "BackendUnavailable",
     "KERNEL_NAMES", "workspace_bytes", "set_workspace_bytes", "workspace_from_env", "cpu_threads",
-    "release_workspace",
 ]
 
 #: kernels every backend provides (a backend that does not override one gets
@@ -83,51 +80,12 @@ class Backend:
     #: how many CPU threads run its GEMMs (None on a GPU): the conv tile planner
     #: gives each of them enough columns (:func:`zfraw.functional.conv_tiles`)
     threads: Optional[Callable[[], int]] = None
-    #: True: :meth:`scratch` keeps its buffers between calls (host memory, where a
-    #: fresh buffer above the C library's mmap threshold, 32 MB in glibc, is new
-    #: pages every time); False: it asks ``xp.empty`` (a GPU's memory pool reuses)
-    keeps_scratch: bool = False
-    _scratch: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
     def kernel(self, name: str) -> Callable:
         try:
             return self.kernels[name]
         except KeyError:
             raise ValueError(f"kernel name {name!r} is not one of {KERNEL_NAMES}") from None
-
-    def scratch(self, slot: str, shape, dtype):
-        """An uninitialised C-contiguous array for temporary use within one call.
-
-        The convolutions' column buffers come from here (``slot`` names the
-        buffer: ``"columns"``, ``"product"``).  With :attr:`keeps_scratch` each
-        thread keeps one buffer per slot, grown to the largest request and reused
-        by the next call, so a convolution does not fault in new pages for its
-        columns each time; the buffers' size is bounded by the workspace budget
-        (:func:`workspace_bytes`) and :func:`release_workspace` frees them.  A
-        buffer that something still references (a view kept by a caller) is never
-        handed out again: that request gets a new buffer.
-        """
-        dtype = np.dtype(dtype)
-        if not self.keeps_scratch:
-            return self.xp.empty(shape, dtype=dtype)
-        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-        held = self._scratch.__dict__
-        buf, free_refs = held.get(slot, (None, 0))
-        if buf is None or buf.nbytes < nbytes or sys.getrefcount(buf) > free_refs:
-            held.pop(slot, None)
-            buf = None  # the old buffer goes before the new one is allocated
-            buf = np.empty(max(nbytes, 1), dtype=np.uint8)
-            held[slot] = (buf, 0)
-            free_refs = sys.getrefcount(buf)  # a buffer nobody else holds: this frame's, the dict's, the call's
-            held[slot] = (buf, free_refs)
-        return buf[:nbytes].view(dtype).reshape(shape)
-
-    def release_scratch(self) -> int:
-        """Free the calling thread's :meth:`scratch` buffers; returns their bytes."""
-        held = self._scratch.__dict__
-        nbytes = sum(buf.nbytes for buf, _ in held.values())
-        held.clear()
-        return nbytes
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -164,7 +122,7 @@ def _load(name: str) -> Backend:
 
         blas.prime()  # out of OpenBLAS's slow state for thin GEMMs (conv1's)
     if name == "numpy":
-        return Backend("numpy", np, dict(generic), threads=cpu_threads, keeps_scratch=True)
+        return Backend("numpy", np, dict(generic), threads=cpu_threads)
     if name == "numba":
         if importlib.util.find_spec("numba") is None:  # found, not imported: kernels/cpu sets it up
             raise BackendUnavailable(
@@ -173,7 +131,7 @@ def _load(name: str) -> Backend:
             )
         from zfraw.kernels import cpu
 
-        return Backend("numba", np, {**generic, **cpu.KERNELS}, threads=_numba_threads, keeps_scratch=True)
+        return Backend("numba", np, {**generic, **cpu.KERNELS}, threads=_numba_threads)
     if name == "cupy":
         cupy = _cupy_or_raise(name)
         return Backend("cupy", cupy, dict(generic), on_device=True)
@@ -343,13 +301,6 @@ def workspace_bytes() -> int:
     if _workspace is None:
         _workspace = workspace_from_env()
     return _workspace
-
-
-def release_workspace() -> int:
-    """Free the column buffers the CPU backends keep for this thread between
-    convolutions (:meth:`Backend.scratch`); returns the bytes freed.  The next
-    convolution allocates them again.  Other threads keep theirs."""
-    return sum(b.release_scratch() for b in _loaded.values())
 
 
 def set_workspace_bytes(nbytes: int) -> int:

@@ -243,16 +243,13 @@ def _input_band(x, n0, n1, r0, r1, kh, sh, ph):
     return band
 
 
-def _tile_columns(x, tile, ho, wo, kh, kw, sh, sw, ph, pw):
-    """im2col of one tile in the tile layout: (C*kh*kw, (n1 - n0)*(r1 - r0)*Wo),
-    in the backend's ``"columns"`` scratch buffer (:meth:`zfraw.backend.Backend.scratch`)."""
-    backend = _backend.get_backend()
-    unfold = backend.kernel("im2col_tile")
+def _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw):
+    """im2col of one tile in the tile layout: (C*kh*kw, (n1 - n0)*(r1 - r0)*Wo)."""
+    unfold = _backend.kernel("im2col_tile")
     n0, n1, r0, r1 = tile
-    out = backend.scratch("columns", (x.shape[1] * kh * kw, (n1 - n0) * (r1 - r0) * wo), x.dtype)
     if r0 == 0 and r1 == ho:  # whole planes: the kernel pads
-        return unfold(x[n0:n1], kh, kw, sh, sw, ph, pw, out=out)
-    return unfold(_input_band(x, n0, n1, r0, r1, kh, sh, ph), kh, kw, sh, sw, 0, pw, out=out)
+        return unfold(x[n0:n1], kh, kw, sh, sw, ph, pw)
+    return unfold(_input_band(x, n0, n1, r0, r1, kh, sh, ph), kh, kw, sh, sw, 0, pw)
 
 
 def _tile_matrix(a, tile, wo):
@@ -413,7 +410,7 @@ def conv2d(x, w, b=None, stride=1, pad=0, groups=1):
     for tile in conv_tiles(n, ho, wo, c * kh * kw * x.itemsize):
         n0, n1, r0, r1 = tile
         m, q = n1 - n0, (r1 - r0) * wo
-        cols = _tile_columns(x, tile, ho, wo, kh, kw, sh, sw, ph, pw).reshape(groups, kg, m * q)
+        cols = _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(groups, kg, m * q)
         if m == 1:  # the GEMMs write into y (a view), the bias is added in cache
             out = y[n0, :, r0 * wo:r1 * wo]
             out_groups = out.reshape(groups, fg, q)
@@ -421,17 +418,17 @@ def conv2d(x, w, b=None, stride=1, pad=0, groups=1):
                 xp.matmul(w_groups[g], cols[g], out=out_groups[g])
             if bias is not None:
                 out += bias
-        else:  # one GEMM per group over every image of the tile, then to NCHW, adding the bias
-            prod = _backend.get_backend().scratch("product", (groups, fg, m * q), x.dtype)
-            for g in range(groups):
-                xp.matmul(w_groups[g], cols[g], out=prod[g])
-            out = y[n0:n1, :, r0 * wo:r1 * wo]
-            if bias is None:
-                out[...] = prod.reshape(f, m, q).transpose(1, 0, 2)
-            else:
-                xp.add(prod.reshape(f, m, q).transpose(1, 0, 2), bias, out=out)
-            del prod
-        del cols  # the scratch buffers are free again for the next tile
+            continue
+        # one GEMM per group over every image of the tile, then to NCHW, adding the bias
+        prod = xp.empty((groups, fg, m * q), dtype=x.dtype)
+        for g in range(groups):
+            xp.matmul(w_groups[g], cols[g], out=prod[g])
+        prod = prod.reshape(f, m, q).transpose(1, 0, 2)
+        out = y[n0:n1, :, r0 * wo:r1 * wo]
+        if bias is None:
+            out[...] = prod
+        else:
+            xp.add(prod, bias, out=out)
     return y.reshape(n, f, ho, wo)
 
 
@@ -447,6 +444,7 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
     """
     y = _array("y", y, 4)
     w, (sh, sw), (ph, pw), groups = _conv_args("y", y, w, stride, pad, groups)
+    xp = _backend.get_backend().xp
     n, f, ho, wo = y.shape
     f_w, cg, kh, kw = w.shape
     if f != f_w:
@@ -471,10 +469,9 @@ def conv_transpose2d(y, w, stride=1, pad=0, groups=1, output_shape=None):
     folder = _TileFolder((n, c, h, wd), y.dtype, kh, kw, (sh, sw), (ph, pw))
     for tile in conv_tiles(n, ho, wo, c * kh * kw * y.itemsize):
         y_groups = _tile_matrix(y, tile, wo).reshape(groups, fg, -1)
-        cols = _backend.get_backend().scratch("columns", (groups, kg, y_groups.shape[2]), y.dtype)
+        cols = xp.empty((groups, kg, y_groups.shape[2]), dtype=y.dtype)
         _transposed_columns(w_groups_t, y_groups, cols)
         folder.add(tile, cols)
-        del cols  # the scratch buffer is free again for the next tile
     return folder.result()
 
 
@@ -507,7 +504,7 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1, input_grad=True):
     folder = _TileFolder((n, c, h, wd), x.dtype, kh, kw, (sh, sw), (ph, pw)) if input_grad else None
     dw_t = xp.empty((groups, kg, fg), dtype=x.dtype)  # dw transposed, see below
     for k, tile in enumerate(conv_tiles(n, ho, wo, c * kh * kw * x.itemsize)):
-        cols = _tile_columns(x, tile, ho, wo, kh, kw, sh, sw, ph, pw).reshape(groups, kg, -1)
+        cols = _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(groups, kg, -1)
         dy_groups = _tile_matrix(dy, tile, wo).reshape(groups, fg, -1)
         # one GEMM per group over the whole tile, as dw_g^T += cols_g (kg, m*q) x dy_g^T (m*q, Fg):
         # the same product as dy_g cols_g^T, but the orientation OpenBLAS runs fast when the
@@ -520,7 +517,6 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1, input_grad=True):
         if folder is not None:  # dx = C^T dy, its columns written over the tile's (no second buffer)
             _transposed_columns(w_groups_t, dy_groups, cols)
             folder.add(tile, cols)
-        del cols  # the scratch buffer is free again for the next tile
     if n == 0:
         dw_t[...] = 0
     dx = None if folder is None else folder.result()
