@@ -3,6 +3,7 @@ peak-memory method measures what it claims, and ``Sequential.forward(cache=False
 gives the same output while keeping no caches."""
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -438,3 +439,26 @@ def test_tile_kernels_bench_times_both_layouts(capsys):
     assert set(rows) == {"conv3", "conv5"}
     assert all(set(m) == {"im2col", "im2col_tile", "col2im", "col2im_tile"} and min(m.values()) > 0
                for m in rows.values())
+
+
+def _git_checkout():
+    return shutil.which("git") is not None and (BENCH.parent / ".git").exists()
+
+
+@pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout of the repository")
+def test_revisions_bench_compares_a_commit_with_the_working_tree(capsys):
+    revisions = _load("revisions")
+    backend = "numba" if "numba" in zfraw.backends() else "numpy"
+    rows = revisions.main(["--before", "HEAD", "--batch", "1", "--repeat", "1", "--layers", "conv3",
+                           "--no-step", "--backend", backend], log=_quiet)
+    assert set(rows) == {"conv3 forward", "conv3 C^T", "conv3 backward"}
+    assert all(b > 0 and a > 0 and isinstance(same, bool) for b, a, same in rows.values())
+
+
+@pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout of the repository")
+def test_revisions_bench_names_a_revision_it_cannot_read(capsys):
+    revisions = _load("revisions")
+    with pytest.raises(SystemExit) as exit_info:
+        revisions.main(["--before", "no-such-rev", "--no-step"], log=_quiet)
+    assert exit_info.value.code == 2
+    assert "--before 'no-such-rev': cannot read zfraw/functional.py" in capsys.readouterr().err
