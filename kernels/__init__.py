@@ -16,7 +16,8 @@ float32/float64 arrays, strides and pads as separate ints):
     x (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo), column index (n*Ho + ho)*Wo + wo;
     the rows of group g are g*Cg*kh*kw .. (g+1)*Cg*kh*kw, so W_g (Fg, Cg*kh*kw)
     times those rows is group g's output for every image of the tile at once.
-    For N = 1 both layouts are the same array.
+    For N = 1 both layouts are the same array.  Always a new array, which the
+    caller owns: conv2d_backward writes the columns of C^T dy over it.
 ``col2im_tile(cols, x_shape, kh, kw, sh, sw, ph, pw) -> x``
     the adjoint of im2col_tile: cols (C*kh*kw, N*Ho*Wo) -> x (N, C, H, W).
 ``relu(x) -> y`` and ``relu_backward(s, x, rule) -> out``
