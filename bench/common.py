@@ -58,6 +58,27 @@ def image_side(model, given=None):
     return given or IMAGE_SIDES[model]
 
 
+def alternating_medians(fns, repeat):
+    """{name: median ms} of the callables ``fns`` ({name: fn}), run in turn: one warm-up
+    round, then ``repeat`` rounds, the order reversed every other round, so that a
+    drift of the machine's speed hits each alike."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for r in range(repeat):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t)
+    return {name: 1e3 * float(np.median(ts)) for name, ts in times.items()}
+
+
+#: ZFNet's convolutions at 224x224 as the kernel benches time them:
+#: name -> (input channels C, filters F, window k, stride, pad, input side H)
+ZFNET_CONVS = {"conv1": (3, 96, 7, 2, 1, 224), "conv2": (96, 256, 5, 2, 0, 55), "conv3": (256, 384, 3, 1, 1, 13),
+               "conv4": (384, 384, 3, 1, 1, 13), "conv5": (384, 256, 3, 1, 1, 13)}
+
+
 def reference_for(impl):
     """The PyTorch column a zfraw backend is compared with: torch-cuda for a GPU backend."""
     return TORCH_CUDA if impl in GPU_BACKENDS else TORCH

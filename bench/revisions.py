@@ -24,7 +24,6 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-#: (C, F, k, stride, pad, H) of ZFNet's convolutions at 224x224
-LAYERS = {"conv1": (3, 96, 7, 2, 1, 224), "conv2": (96, 256, 5, 2, 0, 55), "conv3": (256, 384, 3, 1, 1, 13),
-          "conv4": (384, 384, 3, 1, 1, 13), "conv5": (384, 256, 3, 1, 1, 13)}
 #: the functions the layers call, swapped together for the training step
 SWAPPED = ("conv2d", "conv_transpose2d", "conv2d_backward")
 
@@ -57,21 +53,14 @@ def functional_at(rev):
 
 
 def alternating(before, after, repeat):
-    """(median ms before, median ms after): one warm-up each, then ``repeat`` rounds, the order flipping."""
-    before(), after()
-    times = {0: [], 1: []}
-    for r in range(repeat):
-        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            fn = before if i == 0 else after
-            t = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times[0])), 1e3 * float(np.median(times[1]))
+    """(median ms before, median ms after), the two run in turn (``common.alternating_medians``)."""
+    m = common.alternating_medians({"before": before, "after": after}, repeat)
+    return m["before"], m["after"]
 
 
 def conv_cases(old, new, name, batch, rng):
     """{op: (before callable, after callable)} for one layer; each returns a tuple of arrays."""
-    c, f, k, s, p, h = LAYERS[name]
+    c, f, k, s, p, h = common.ZFNET_CONVS[name]
     x = rng.standard_normal((batch, c, h, h), dtype=np.float32)
     w = (0.01 * rng.standard_normal((f, c, k, k))).astype(np.float32)
     dy = rng.standard_normal(new.conv2d(x, w, None, s, p).shape, dtype=np.float32)
@@ -113,7 +102,7 @@ def main(argv=None, log=print):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--backend", default="numba")
-    parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=list(LAYERS))
+    parser.add_argument("--layers", nargs="+", default=list(common.ZFNET_CONVS), choices=list(common.ZFNET_CONVS))
     parser.add_argument("--no-step", action="store_true", help="skip the training step")
     parser.add_argument("--torch-first", action="store_true", help="import PyTorch before zfraw")
     args = parser.parse_args(argv)

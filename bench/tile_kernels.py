@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import zfraw  # first: zfraw.blas starts OpenBLAS before NumPy loads it
@@ -23,30 +22,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-#: (C, H, k, stride, pad) of ZFNet's conv inputs
-LAYERS = {"conv1": (3, 224, 7, 2, 1), "conv2": (96, 55, 5, 2, 0), "conv3": (256, 13, 3, 1, 1),
-          "conv4": (384, 13, 3, 1, 1), "conv5": (384, 13, 3, 1, 1)}
-
-
-def alternating_medians(fns, repeat):
-    """{name: median ms}, the callables run in turn, ``repeat`` rounds after one warm-up round."""
-    times = {name: [] for name in fns}
-    for name, fn in fns.items():
-        fn()
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: 1e3 * float(np.median(ts)) for name, ts in times.items()}
-
 
 def main(argv=None, log=print):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--backend", default="numba")
-    parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=list(LAYERS))
+    parser.add_argument("--layers", nargs="+", default=list(common.ZFNET_CONVS), choices=list(common.ZFNET_CONVS))
     args = parser.parse_args(argv)
     b = zfraw.backend.set_backend(args.backend)
     rng = np.random.default_rng(0)
@@ -56,11 +38,11 @@ def main(argv=None, log=print):
     log("|---|---:|---:|---:|---:|---:|---:|")
     rows = {}
     for name in args.layers:
-        c, h, k, s, p = LAYERS[name]
+        c, _, k, s, p, h = common.ZFNET_CONVS[name]
         x = rng.standard_normal((args.batch, c, h, h), dtype=np.float32)
         geometry = (k, k, s, s, p, p)
         public, tile = b.kernel("im2col")(x, *geometry), b.kernel("im2col_tile")(x, *geometry)
-        m = alternating_medians({
+        m = common.alternating_medians({
             "im2col": lambda: b.kernel("im2col")(x, *geometry),
             "im2col_tile": lambda: b.kernel("im2col_tile")(x, *geometry),
             "col2im": lambda: b.kernel("col2im")(public, x.shape, *geometry),

@@ -462,3 +462,17 @@ def test_revisions_bench_names_a_revision_it_cannot_read(capsys):
         revisions.main(["--before", "no-such-rev", "--no-step"], log=_quiet)
     assert exit_info.value.code == 2
     assert "--before 'no-such-rev': cannot read zfraw/functional.py" in capsys.readouterr().err
+
+
+def test_the_benches_zfnet_conv_table_is_the_model(common):
+    """bench/common.ZFNET_CONVS (the kernel benches' geometry) against ZFNet as zfraw builds it."""
+    layers = _load("layers")
+    from zfraw.models import build
+
+    convs = {name: (layer, shape) for name, layer, shape in layers.layer_shapes(build("zfnet"), (3, 224, 224))
+             if name.startswith("conv")}
+    assert set(convs) == set(common.ZFNET_CONVS)
+    for name, (c, f, k, stride, pad, h) in common.ZFNET_CONVS.items():
+        layer, shape = convs[name]
+        assert (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride) == (c, f, (k, k), (stride, stride))
+        assert layer.padding == (pad,) * 4 and shape == (c, h, h)
