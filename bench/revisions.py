@@ -1,7 +1,7 @@
 """zfraw's convolutions as of an earlier commit against the working tree's, in one process.
 
     python bench/revisions.py --before REV [--batch 16] [--repeat 11] [--layers conv2 conv5]
-                              [--no-step] [--torch-first]
+                              [--no-step] [--step-model zfnet_mini] [--torch-first]
 
 On a machine whose timings drift by 10-20% between runs minutes apart, a
 change of a few percent shows only when the two versions alternate call by
@@ -11,7 +11,8 @@ kernels by today's signatures) and times, on the ``--backend`` (numba), for
 each ZFNet conv layer at ``--batch``: the forward, the C^T projection and the
 backward, before and after in turn (the order flips every round), and checks
 that both give the same numbers bit for bit; then the training step
-(``zfraw.train.train_step``, ZFNet at 224x224, 1000 classes) with the layers
+(``zfraw.train.train_step``; ZFNet at 224x224 with 1000 classes, or
+``--step-model``, ``--step-image-size``, ``--step-classes``) with the layers
 calling the old or the new ``conv2d_backward``, ``conv2d`` and
 ``conv_transpose2d`` in turn.  ``--torch-first`` imports PyTorch first (Numba
 then runs on its own thread pool).  Prints a Markdown table (medians, ms, and
@@ -44,11 +45,12 @@ def functional_at(rev):
     except (OSError, subprocess.CalledProcessError) as exc:
         why = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()[-1]
         raise ValueError(f"--before {rev!r}: cannot read zfraw/functional.py at that revision ({why})") from None
-    path = Path(tempfile.mkdtemp(prefix="zfraw-rev-")) / f"functional_{rev}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"functional_{rev}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="zfraw-rev-") as folder:
+        path = Path(folder) / f"functional_{rev}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"functional_{rev}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
@@ -71,14 +73,15 @@ def conv_cases(old, new, name, batch, rng):
     }
 
 
-def training_step(old, new, batch, repeat):
-    """(before ms, after ms) of ZFNet's training step, the layers calling old or new conv functions in turn."""
+def training_step(old, new, batch, repeat, backend, model_name="zfnet", image_size=None, num_classes=1000):
+    """(before ms, after ms) of a training step, the layers calling old or new conv functions in turn."""
     import net as netbench
     from zfraw import functional as F
     from zfraw import train
 
-    model = netbench.our_net("zfnet", 224, 1000, "numba")
-    x, labels = netbench.images(batch, 224), netbench.labels_for(batch, 1000)
+    side = common.image_side(model_name, image_size)
+    model = netbench.our_net(model_name, side, num_classes, backend)
+    x, labels = netbench.images(batch, side), netbench.labels_for(batch, num_classes)
     opt = train.SGD(model, lr=netbench.LR)
     today = {name: getattr(new, name) for name in SWAPPED}
 
@@ -104,6 +107,9 @@ def main(argv=None, log=print):
     parser.add_argument("--backend", default="numba")
     parser.add_argument("--layers", nargs="+", default=list(common.ZFNET_CONVS), choices=list(common.ZFNET_CONVS))
     parser.add_argument("--no-step", action="store_true", help="skip the training step")
+    parser.add_argument("--step-model", default="zfnet", help="the training step's network (default: zfnet)")
+    parser.add_argument("--step-image-size", type=int, default=None, help="its input side (default: its own)")
+    parser.add_argument("--step-classes", type=int, default=1000, help="its classes (default: 1000)")
     parser.add_argument("--torch-first", action="store_true", help="import PyTorch before zfraw")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.repeat < 1:
@@ -132,7 +138,8 @@ def main(argv=None, log=print):
             rows[f"{name} {op}"] = (b_ms, a_ms, same)
             log(f"| {name} {op} | {b_ms:.1f} | {a_ms:.1f} | {a_ms / b_ms:.3f} | {'bit for bit' if same else 'DIFFER'} |")
     if not args.no_step:
-        b_ms, a_ms = training_step(old, new, args.batch, max(3, args.repeat // 2))
+        b_ms, a_ms = training_step(old, new, args.batch, max(3, args.repeat // 2), args.backend,
+                                   args.step_model, args.step_image_size, args.step_classes)
         rows["train_step"] = (b_ms, a_ms, None)
         log(f"| training step | {b_ms:.0f} | {a_ms:.0f} | {a_ms / b_ms:.3f} | - |")
     return rows

@@ -453,6 +453,11 @@ def test_revisions_bench_compares_a_commit_with_the_working_tree(capsys):
                            "--no-step", "--backend", backend], log=_quiet)
     assert set(rows) == {"conv3 forward", "conv3 C^T", "conv3 backward"}
     assert all(b > 0 and a > 0 and isinstance(same, bool) for b, a, same in rows.values())
+    step = revisions.main(["--before", "HEAD", "--batch", "2", "--repeat", "1", "--layers", "conv1", "--backend",
+                           backend, "--step-model", "zfnet_mini", "--step-classes", "10"], log=_quiet)["train_step"]
+    assert step[0] > 0 and step[1] > 0
+    from zfraw import functional as F
+    assert F.conv2d_backward.__module__ == "zfraw.functional"  # today's functions are back in place
 
 
 @pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout of the repository")
