@@ -15,12 +15,12 @@ scattered once (``client.scatter``); each worker fetches them with its first
 task, keeps the copy, builds the network from it once and keeps it for every later task
 (:func:`worker_net`).  The dataset object (a file list, not the images) is
 scattered the same way; workers read the image files themselves, so on a
-cluster the folder must be visible to every worker at the same path.
-Each is scattered as one object under a fresh key.  If the worker holding the
-scattered copies is lost (it died, or an overloaded scheduler dropped it), the
-waiting tasks are cancelled by Dask; they are then
-resubmitted with freshly scattered copies (:data:`LOST_INPUT_RETRIES` times at
-most, each with a ``RuntimeWarning``).
+cluster the folder must be visible to every worker at the same path.  Each is
+scattered as one object under a fresh key.  If the worker holding the
+scattered copies is lost (it died, or an overloaded scheduler dropped it),
+Dask cancels the waiting tasks; they are then resubmitted with freshly
+scattered copies (at most :data:`LOST_INPUT_RETRIES` times, each with a
+``RuntimeWarning``).
 
 Warnings a task raises on a worker (an unreadable image skipped, with the
 file's name) are sent back with its result and raised again on the client.

@@ -502,7 +502,7 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1, input_grad=True):
     kg, fg = cg * kh * kw, f // groups
     w_groups_t = w.reshape(groups, fg, kg).transpose(0, 2, 1)
     folder = _TileFolder((n, c, h, wd), x.dtype, kh, kw, (sh, sw), (ph, pw)) if input_grad else None
-    dw_t = xp.empty((groups, kg, fg), dtype=x.dtype)  # dw transposed, see below
+    dw_t = xp.zeros((groups, kg, fg), dtype=x.dtype)  # dw transposed, see below (zero for an empty batch)
     for k, tile in enumerate(conv_tiles(n, ho, wo, c * kh * kw * x.itemsize)):
         cols = _tile_columns(x, tile, ho, kh, kw, sh, sw, ph, pw).reshape(groups, kg, -1)
         dy_groups = _tile_matrix(dy, tile, wo).reshape(groups, fg, -1)
@@ -510,15 +510,13 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, groups=1, input_grad=True):
         # the same product as dy_g cols_g^T, but the orientation OpenBLAS runs fast when the
         # inner dimension m*q is long (measured 12x on conv1, 1.5x on conv3; bench/README.md)
         for g in range(groups):
-            if k == 0:
+            if k == 0:  # the first tile's GEMM writes dw itself
                 xp.matmul(cols[g], dy_groups[g].T, out=dw_t[g])
             else:
                 dw_t[g] += cols[g] @ dy_groups[g].T
         if folder is not None:  # dx = C^T dy, its columns written over the tile's (no second buffer)
             _transposed_columns(w_groups_t, dy_groups, cols)
             folder.add(tile, cols)
-    if n == 0:
-        dw_t[...] = 0
     dx = None if folder is None else folder.result()
     dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1))
     db = dy.reshape(n, f, ho * wo).sum(axis=2).sum(axis=0)  # contiguous inner sums first: one fast pass
