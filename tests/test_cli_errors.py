@@ -132,11 +132,36 @@ def test_a_diverging_run_is_one_line(tmp_path):
     (["train", "--data", "x", "--batch-size", "0"], "--batch-size"),
     (["train", "--data", "x", "--lr", "nan"], "--lr"),
     (["train", "--data", "x", "--lr", "-1"], "--lr"),
+    (["retrain", "x", "-o", "r.npz", "--epochs", "0"], "--epochs"),   # before the features are extracted
+    (["retrain", "x", "-o", "r.npz", "--lr", "0"], "--lr"),
+    (["predict", "x.png", "--top", "0"], "--top"),
+    (["predict", "x.png", "--top", "-2"], "--top"),
+    (["predict", "x.png", "--input-size", "0"], "--input-size"),
+    (["project", "x.png", "--resize", "-5"], "--resize"),
+    (["evolution", "--images", "0"], "--images"),
+    (["evolution", "--features", "0"], "--features"),
+    (["compare-first-layer", "--images", "0"], "--images"),
+    (["compare-first-layer", "--features", "-1"], "--features"),
+    (["occlude", "x.png", "--size", "0"], "--size"),
+    (["occlude", "x.png", "--stride", "0"], "--stride"),
+    (["occlude", "x.png", "--batch-size", "0"], "--batch-size"),
+    (["occlude", "x.png", "--fill", "nan"], "--fill"),
+    (["correspond", "--images", "1"], "--images"),
+    (["correspond", "--draws", "0"], "--draws"),
+    (["correspond", "--fill", "inf"], "--fill"),
 ])
 def test_invalid_option_values_are_refused(argv, option, capsys):
     status, out, err = run_cli(argv, capsys)
     assert status == 2 and out == ""
     assert option in one_line(err, argv[0])
+
+
+@pytest.mark.parametrize("argv", [["top9", "--data"], ["evolution", "--snapshots"], ["demo", "--bogus", "3"]])
+def test_an_unknown_option_is_reported_by_its_command(argv, capsys):
+    status, out, err = run_cli(argv, capsys)
+    assert status == 2 and out == ""
+    line = one_line(err, argv[0])
+    assert f"unrecognized arguments: {' '.join(argv[1:])}" in line and f"zfraw {argv[0]} --help" in line
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_cli
 from zfraw import cli, nn
 
 
@@ -64,8 +65,10 @@ def test_occlude_with_a_wrong_argument_exits_2_without_a_traceback(weights, tmp_
 def test_occlude_errors_in_process(weights, tmp_path, capsys, monkeypatch, args, word):
     monkeypatch.chdir(tmp_path)
     image = _image(tmp_path / "img.png", 0)
-    assert cli.main(["occlude", image, "--weights", weights, "--backend", "numpy", "-o", "x.png", *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    status, _, err = run_cli(["occlude", image, "--weights", weights, "--backend", "numpy", "-o", "x.png", *args],
+                             capsys)
+    assert status == 2
+    err = err.strip().splitlines()
     assert len(err) == 1 and word in err[0]
 
 

@@ -200,6 +200,9 @@ def test_bad_arguments_name_the_argument(rng):
         occlusion(net, x, 3, 1, target=4, progress=False)
     with pytest.raises(ValueError, match="fill"):
         occlusion(net, x, 3, 1, fill=[0.0, 1.0], progress=False)
+    for bad in (float("nan"), float("inf"), [0.0, np.nan, 1.0]):
+        with pytest.raises(ValueError, match="fill: expected finite"):
+            occlusion(net, x, 3, 1, fill=bad, progress=False)
     with pytest.raises(ValueError, match="x"):
         occlusion(net, x[0, 0], 3, 1, progress=False)
     with pytest.raises(ValueError, match="batch_size"):

@@ -53,37 +53,50 @@ class UsageError(Exception):
 
 # ============================================================== option types
 
-def positive_int(text):
-    """argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+def _int_type(minimum):
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
+#: argparse type: an int >= 1
+positive_int = _int_type(1)
 
 
 def _float_type(minimum, strict):
-    """An argparse type: a finite float > ``minimum`` (``strict``) or >= ``minimum``."""
+    """An argparse type: a finite float > ``minimum`` (``strict``) or >= ``minimum``; any finite float
+    when ``minimum`` is None."""
     relation = ">" if strict else ">="
+    wanted = "a finite number" if minimum is None else f"a finite number {relation} {minimum:g}"
 
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
-            raise argparse.ArgumentTypeError(f"expected a finite number {relation} {minimum:g}, got {text!r}")
+        in_range = minimum is None or (value > minimum if strict else value >= minimum)
+        if not (math.isfinite(value) and in_range):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         return value
 
-    parse.__name__ = f"number {relation} {minimum:g}"
+    parse.__name__ = wanted
     return parse
 
 
-#: argparse types: a finite float > 0, and >= 0
+#: argparse types: a finite float > 0, >= 0, and any finite float
 positive_float = _float_type(0.0, strict=True)
 non_negative_float = _float_type(0.0, strict=False)
+finite_float = _float_type(None, strict=False)
 
 
 def feature_list(text):
@@ -227,8 +240,8 @@ def _add_preprocessing(p):
     g.add_argument("--mean", type=_triple_arg, default=None, metavar="A,B,C",
                    help="per-channel mean to subtract, in the network's channel order and scale (default: what the model records)")
     g.add_argument("--std", type=_triple_arg, default=None, metavar="A,B,C", help="per-channel std to divide by (default: what the model records)")
-    g.add_argument("--input-size", type=int, default=None, help="side of the square input (default: what the model records)")
-    g.add_argument("--resize", type=int, default=None, help="shorter side before the centre crop (default: what the model records)")
+    g.add_argument("--input-size", type=positive_int, default=None, help="side of the square input (default: what the model records)")
+    g.add_argument("--resize", type=positive_int, default=None, help="shorter side before the centre crop (default: what the model records)")
     g.add_argument("--preset", default=None,
                    help="a named preprocessing: zfnet512, caffenet, bvlc_alexnet, alexnet_torchvision (default: none)")
 
@@ -1144,6 +1157,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown argument is reported by the subcommand it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = getattr(self, "subcommands", None)
+            owner = commands.choices.get(getattr(parsed, "command", None), self) if commands else self
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Help lines that end with the option's default unless they say it already."""
@@ -1229,9 +1251,9 @@ def _add_analysis_commands(sub):
                    help="a folder of epochNNN.npz (zfraw train --snapshots) or a packed file; "
                         "default: the built-in model's")
     s.add_argument("--data", default="builtin", help="'builtin' or a folder of class folders (the image set)")
-    s.add_argument("--images", type=int, default=200, help="images searched at each snapshot (default 200)")
+    s.add_argument("--images", type=positive_int, default=200, help="images searched at each snapshot (default 200)")
     s.add_argument("--layers", type=_name_list, default=None, help="comma-separated conv layers (default: all)")
-    s.add_argument("--features", type=int, default=4, help="features followed per layer (default 4)")
+    s.add_argument("--features", type=positive_int, default=4, help="features followed per layer (default 4)")
     s.add_argument("-o", "--output", default="evolution.png")
     _add_weights(s), _add_backend(s)
     s.set_defaults(func=cmd_evolution)
@@ -1241,8 +1263,8 @@ def _add_analysis_commands(sub):
     s.add_argument("--weights", nargs="+", default=None,
                    help="models to compare (default: the built-in alexnet_mini and zfnet_mini)")
     s.add_argument("--data", default="builtin", help="'builtin' or a folder of class folders")
-    s.add_argument("--images", type=int, default=200, help="images searched for the conv2 top 9 (default 200)")
-    s.add_argument("--features", type=int, default=4, help="conv2 features shown (default 4)")
+    s.add_argument("--images", type=positive_int, default=200, help="images searched for the conv2 top 9 (default 200)")
+    s.add_argument("--features", type=positive_int, default=4, help="conv2 features shown (default 4)")
     s.add_argument("-o", "--output", default="first_layer.png")
     _add_backend(s)
     s.set_defaults(func=cmd_compare_first_layer)
@@ -1257,6 +1279,7 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"zfraw {__version__}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    p.subcommands = sub  # for parse_args's error about an unknown argument
 
     def command(name, help, **kw):
         return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter, **kw)
@@ -1349,14 +1372,14 @@ def build_parser():
     s.add_argument("image", help="an image file")
     s.add_argument("--layer", default=None, help="layer of the activity map (default: the last conv layer)")
     s.add_argument("--feature", type=int, default=None, help="feature map (default: the strongest)")
-    s.add_argument("--size", type=int, default=None, help="side of the grey square (default: input side / 4)")
-    s.add_argument("--stride", type=int, default=None, help="step between positions (default: size / 4)")
+    s.add_argument("--size", type=positive_int, default=None, help="side of the grey square (default: input side / 4)")
+    s.add_argument("--stride", type=positive_int, default=None, help="step between positions (default: size / 4)")
     s.add_argument("--target", default=None, help="class (name or index) of the probability map "
                    "(default: the prediction for the whole image)")
-    s.add_argument("--fill", type=float, default=None,
+    s.add_argument("--fill", type=finite_float, default=None,
                    help="value of the hidden pixels, in the network's input units (default: the training mean, "
                         "0 once it is subtracted; an imported model's mean pixel)")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=positive_int, default=64, help="occluded copies per forward pass")
     s.add_argument("--classes", default=None, help="class names: comma-separated, or a file with one per line "
                    "(default: those saved with the model)")
     s.add_argument("-o", "--output", default="occlusion.png")
@@ -1366,13 +1389,13 @@ def build_parser():
     s = sub.add_parser("correspond", help="part correspondence (table 1 of the paper) against random boxes")
     s.add_argument("--class", dest="cls", default="face", help="built-in data: the class (default face)")
     s.add_argument("--part", default=None, help="built-in data: a part of that class, or 'all' (default)")
-    s.add_argument("--images", type=int, default=20, help="built-in data: images per part (default 20)")
+    s.add_argument("--images", type=_int_type(2), default=20, help="built-in data: images per part (default 20)")
     s.add_argument("--boxes", default=None, help="your images instead: a CSV (image,top,left,bottom,right"
                    "[,part]) or JSON file of boxes in the images' own pixels (default: none: the built-in data)")
     s.add_argument("--layers", default=None, help="comma-separated layers (default pool5,relu7)")
-    s.add_argument("--draws", type=int, default=10, help="random-box draws for the baseline (default 10)")
+    s.add_argument("--draws", type=positive_int, default=10, help="random-box draws for the baseline (default 10)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--fill", type=float, default=0.0, help="value of the hidden pixels (default 0: the mean)")
+    s.add_argument("--fill", type=finite_float, default=0.0, help="value of the hidden pixels (default 0: the mean)")
     s.add_argument("-o", "--output", default=None, help="also write the table (.md or .html) (default: print it only)")
     _add_weights(s), _add_backend(s)
     s.set_defaults(func=cmd_correspond)
@@ -1403,15 +1426,15 @@ def build_parser():
     s.add_argument("--arch", default=None, help="the architecture of a .pth (default alexnet_torchvision)")
     s.add_argument("--layer", default="fc8", help="the fully connected layer to retrain (default fc8)")
     s.add_argument("--val", default=None, help="a folder of class folders for validation (same classes; default: none)")
-    s.add_argument("--epochs", type=int, default=30, help="epochs over the cached features (default 30)")
-    s.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate, constant (default 1e-2)")
+    s.add_argument("--epochs", type=positive_int, default=30, help="epochs over the cached features (default 30)")
+    s.add_argument("--lr", type=positive_float, default=1e-2, help="SGD learning rate, constant (default 1e-2)")
     s.add_argument("-o", "--output", required=True, help="the retrained model (.npz)")
     _add_preprocessing(s), _add_backend(s)
     s.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("predict", help="the top-5 classes of an image")
     s.add_argument("image", help="an image file (JPEG, PNG, ...)")
-    s.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+    s.add_argument("--top", type=positive_int, default=5, help="how many classes to print (default 5)")
     _add_weights(s), _add_model(s), _add_preprocessing(s), _add_backend(s)
     s.set_defaults(func=cmd_predict)
 

@@ -131,11 +131,15 @@ def fill_value(fill, channels, dtype):
     that broadcasts over (C, h, w): shape () or (C, 1, 1)."""
     xp = get_backend().xp
     if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
-        return xp.asarray(float(fill), dtype=dtype)
-    values = np.asarray(to_host(fill), dtype=np.float64)
-    if values.shape != (channels,):
-        raise ValueError(f"fill: expected a number or {channels} numbers (one per channel), got {fill!r}")
-    return xp.asarray(values.reshape(channels, 1, 1), dtype=dtype)
+        values = np.float64(fill)
+    else:
+        values = np.asarray(to_host(fill), dtype=np.float64)
+        if values.shape != (channels,):
+            raise ValueError(f"fill: expected a number or {channels} numbers (one per channel), got {fill!r}")
+        values = values.reshape(channels, 1, 1)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"fill: expected finite numbers, got {fill!r}")
+    return xp.asarray(values, dtype=dtype)
 
 
 def _per_image(name, value, n, upper, what):
