@@ -1,6 +1,7 @@
 """zfraw.io.npz: the one reader/writer of zfraw's .npz files, and its errors on foreign files."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -168,14 +169,39 @@ def test_writes_are_atomic_and_stale_temporaries_can_be_cleaned(tmp_path):
     path = tmp_path / "m.npz"
     with pytest.raises(ValueError, match=r"\.npz"):
         npz.write(tmp_path / "m.txt", None, {})
-    stale = tmp_path / "tmpabc123.npz.tmp"
-    stale.write_bytes(b"half")
-    other = tmp_path / "keep.tmp"
-    other.write_bytes(b"not ours")
+    an_hour_ago = time.time() - 3600
+    stale = tmp_path / ".m.npz.abc_1234.tmp"               # a killed write of m.npz
+    running = tmp_path / ".m.npz.xyz98765.tmp"             # m.npz being written by another process now
+    others = [tmp_path / ".n.npz.abc_1234.tmp",             # another file's write
+              tmp_path / "tmpabc123.npz.tmp", tmp_path / "keep.tmp", tmp_path / ".m.npz.notours.tmp"]
+    for f in [stale, running, *others]:
+        f.write_bytes(b"half")
+        if f is not running:
+            os.utime(f, (an_hour_ago, an_hour_ago))
     assert npz.remove_stale_temporaries(path) == [str(stale)]
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and running.exists() and all(f.exists() for f in others)
+    assert npz.remove_stale_temporaries(path, stale_after_s=0) == [str(running)]
+    for f in others:
+        f.unlink()
     models.zfnet_mini(num_classes=2).save(path)
-    assert sorted(os.listdir(tmp_path)) == ["keep.tmp", "m.npz"]
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_a_failed_write_leaves_nothing_and_the_temporary_is_named_after_its_target(tmp_path):
+    path = tmp_path / "m.npz"
+    seen = []
+
+    def write(fh):
+        fh.write(b"half")
+        seen.extend(os.listdir(tmp_path))
+        raise RuntimeError("the write stops here")
+
+    with pytest.raises(RuntimeError, match="stops here"):
+        npz.atomic_write(path, write)
+    assert os.listdir(tmp_path) == []
+    assert len(seen) == 1
+    assert seen[0].startswith(npz.temporary_prefix(path)) and seen[0].endswith(npz.TMP_SUFFIX)
+    assert len(seen[0]) == len(".m.npz.") + 8 + len(".tmp")  # what remove_stale_temporaries matches
 
 
 def test_the_commands_say_a_weights_file_is_not_one(tmp_path, capsys):

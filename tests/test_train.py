@@ -375,12 +375,15 @@ def test_fit_without_validation_prints_no_val_metrics(capsys):
 
 
 def test_fit_removes_the_temporaries_of_a_killed_checkpoint_write(tmp_path):
-    ours = tmp_path / "tmpab12cd34.npz.tmp"  # zfraw.io.npz's temporaries
+    ours = tmp_path / ".ck.npz.ab12cd34.tmp"  # zfraw.io.npz's temporary of ck.npz, an hour old
     ours.write_bytes(b"PK\x03\x04 half")
+    os.utime(ours, (time.time() - 3600,) * 2)
     someone_elses = tmp_path / "notes.tmp"
     someone_elses.write_bytes(b"keep")
+    being_written = tmp_path / ".ck.npz.zz99yy88.tmp"  # fresh: another process may be writing ck.npz
+    being_written.write_bytes(b"PK\x03\x04")
     run_fit(tmp_path, 1, name="ck.npz")
-    assert sorted(os.listdir(tmp_path)) == ["ck.npz", "notes.tmp"]
+    assert sorted(os.listdir(tmp_path)) == [being_written.name, "ck.npz", "notes.tmp"]
 
 
 # ============================================================== `zfraw train --data`: a user's own folder
@@ -458,8 +461,9 @@ sys.exit(main(sys.argv[1:]))
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    stale = [n for n in os.listdir(tmp_path) if n.endswith(".npz.tmp")]
+    stale = [n for n in os.listdir(tmp_path) if n.startswith(".ck.npz.")]
     assert len(stale) == 1  # the half-written temporary
+    os.utime(tmp_path / stale[0], (time.time() - 3600,) * 2)  # the restart comes an hour later
     with np.load(ck) as complete:  # the previous checkpoint, whole
         assert json.loads(bytes(complete["__zfraw__"]).decode())["epoch"] == 1
     again = subprocess.run([sys.executable, "-m", "zfraw"] + argv + ["--resume"], capture_output=True, text=True,

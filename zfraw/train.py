@@ -298,7 +298,8 @@ def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, 
     :class:`PlateauSchedule`) or None for a constant rate; checkpoint: a ``.npz``
     path written atomically after every epoch (weights, velocities, history);
     resume: continue from that checkpoint when it exists (temporaries of a
-    checkpoint write that was killed half-way are removed first); on_epoch:
+    checkpoint write that was killed half-way are removed, at the start and after
+    each checkpoint, once a minute old: see ``npz.remove_stale_temporaries``); on_epoch:
     called as ``on_epoch(epoch, net, history)`` after each epoch (e.g. to save
     the best model so far); snapshots: epochs (1-based) after which the weights
     are kept in ``snapshot_dir`` (:func:`save_snapshot`), for the
@@ -357,6 +358,7 @@ def fit(net, train_batches, val_batches=None, epochs=10, lr=1e-2, momentum=0.9, 
              f"acc {history.train_acc[-1]:.3f}{val_text}  ({history.seconds[-1]:.0f} s)", progress)
         if checkpoint:
             _save_checkpoint(checkpoint, net, opt, history, epoch + 1, extra)
+            npz.remove_stale_temporaries(checkpoint)  # one a restart found still too fresh to call stale
         if epoch + 1 in snapshots:
             save_snapshot(net, snapshot_dir, epoch + 1, extra)
         if on_epoch is not None:

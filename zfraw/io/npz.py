@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 
@@ -38,13 +40,15 @@ import numpy as np
 
 __all__ = [
     "META_KEY", "NpzContents", "write", "read", "read_meta", "is_parameter",
-    "atomic_write", "atomic_savez", "remove_stale_temporaries",
+    "atomic_write", "atomic_savez", "remove_stale_temporaries", "temporary_prefix",
 ]
 
 #: the archive member that holds the JSON metadata
 META_KEY = "__zfraw__"
-#: suffix of the temporary files :func:`atomic_savez` writes beside the target
-TMP_SUFFIX = ".npz.tmp"
+#: suffix of the temporary files :func:`atomic_write` writes beside the target
+TMP_SUFFIX = ".tmp"
+#: a temporary untouched for this long is stale (its writer was killed), not another process's write
+STALE_AFTER_S = 60.0
 
 PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -58,15 +62,21 @@ def _umask():
     return mask
 
 
-def atomic_write(path, write, suffix=".tmp"):
+def temporary_prefix(path):
+    """The start of every temporary written for ``path``: ``.NAME.`` (hidden, and named after its target)."""
+    return f".{os.path.basename(os.fspath(path))}."
+
+
+def atomic_write(path, write, suffix=TMP_SUFFIX):
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
 
-    A failure leaves no partial file (and an existing ``path`` untouched).
+    The temporary is ``.NAME.XXXXXXXX<suffix>`` in the target's folder. A failure leaves no partial
+    file (and an existing ``path`` untouched).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -83,29 +93,32 @@ def atomic_savez(path, arrays):
     """np.savez to a temporary file beside ``path``, then rename: never a half-written file."""
     if not os.fspath(path).endswith(".npz"):
         raise ValueError(f"path must end in .npz, got {os.fspath(path)!r}")
-    return atomic_write(path, lambda fh: np.savez(fh, **arrays), suffix=TMP_SUFFIX)
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
-def remove_stale_temporaries(path):
-    """Delete temporaries that :func:`atomic_savez` left beside ``path`` (a killed write).
+def remove_stale_temporaries(path, stale_after_s=STALE_AFTER_S):
+    """Delete the temporaries a killed write of ``path`` left beside it; returns the paths removed.
 
-    Only files named like ours (``tmp*.npz.tmp`` in the target's folder) are touched;
-    returns the paths removed.
+    Only ``path``'s own temporaries (``.NAME.XXXXXXXX.tmp``, see :func:`atomic_write`) that nobody has
+    written to for ``stale_after_s`` seconds are touched: a write of another file in the folder, or one
+    of the same file still running in another process, is left alone.
     """
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    ours = re.compile(re.escape(temporary_prefix(path)) + r"[a-z0-9_]{8}" + re.escape(TMP_SUFFIX))
     removed = []
     try:
         names = os.listdir(directory)
     except OSError:
         return removed
-    for name in names:
-        if name.startswith("tmp") and name.endswith(TMP_SUFFIX):
-            full = os.path.join(directory, name)
-            try:
+    now = time.time()
+    for name in filter(ours.fullmatch, names):
+        full = os.path.join(directory, name)
+        try:
+            if now - os.stat(full).st_mtime >= stale_after_s:
                 os.unlink(full)
                 removed.append(full)
-            except OSError:
-                pass
+        except OSError:
+            pass
     return removed
 
 
