@@ -45,6 +45,18 @@ def keep_backend():
 
 
 @pytest.fixture
+def emulated_cupy(monkeypatch):
+    """``import cupy`` gives the NumPy stand-in of tests/emulated_cupy.py (CuPy's host/device boundary,
+    one pretend device) for this test, and the ``cupy`` backend runs on it; returns that module."""
+    import emulated_cupy as emulation
+    from zfraw import backend
+
+    cupy = emulation.install(monkeypatch)
+    monkeypatch.setattr(backend, "_loaded", {k: v for k, v in backend._loaded.items() if k not in ("cupy", "cuda")})
+    return cupy
+
+
+@pytest.fixture
 def rng():
     """A fresh seeded generator per test."""
     return np.random.default_rng(20141)
