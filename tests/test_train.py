@@ -522,6 +522,19 @@ def test_fewer_images_than_a_batch_trains_with_a_smaller_batch_and_says_so(tmp_p
     assert len(os.listdir(tmp_path / "snaps")) == 1
 
 
+def test_an_unreadable_image_is_named_once_on_one_line(tmp_path, capsys):
+    """A file that cannot be read is skipped at every pass (the mean, each epoch) but named once,
+    as ``warning: ...``, without Python's warning location and source line."""
+    small = draw_two_class_folder(tmp_path / "small", 4, seed=5)
+    (tmp_path / "small" / "discs" / "broken.png").write_bytes(b"\x89PNG not really")
+    status, out, err = run_cli(["train", "--backend", "numpy", "--data", small, "--epochs", "2",
+                                "--batch-size", "4", "--out", str(tmp_path / "m.npz")], capsys)
+    assert status == 0, err
+    lines = [line for line in err.splitlines() if "broken.png" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: skipping item"), err
+    assert "UserWarning" not in err and "warnings.warn" not in err and "epoch 2/2" in out
+
+
 def test_a_run_resumed_after_its_last_epoch_keeps_the_best_model(folders, tmp_path):
     """With --val the saved file is the best epoch's; resuming a finished run must not replace it
     with the last epoch's model."""

@@ -1475,11 +1475,35 @@ def _describe(exc):
 EXPECTED_ERRORS = (UsageError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, FloatingPointError)
 
 
+class _WarningLines:
+    """``warnings.showwarning`` for the command line: ``warning: MESSAGE`` on stderr, one line, once per
+    message (a file skipped every epoch is named once), without Python's source line."""
+
+    def __init__(self):
+        self.shown = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in self.shown:
+            self.shown.add(text)
+            print(f"warning: {text}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
     """Run ``zfraw`` with ``argv`` (default: sys.argv); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    saved = warnings.showwarning
+    warnings.showwarning = _WarningLines()
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = saved
+
+
+def _run(args):
+    """The command ``args.func``, its expected errors turned into one line and exit status 2."""
     from zfraw.backend import BackendUnavailable, workspace_bytes
 
-    args = build_parser().parse_args(argv)
     try:
         workspace_bytes()  # a bad ZFRAW_WORKSPACE_MB is an error before any work
         status = args.func(args)
