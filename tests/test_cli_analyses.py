@@ -86,7 +86,7 @@ def test_compare_first_layer_command_defaults_to_the_shipped_models(files, capsy
     (["invariance", "IMG", "--transform", "rotate", "--layers", "conv9", "--weights", "W"], "layer 'conv9'"),
     (["invariance", "IMG", "--transform", "shear"], "invalid choice: 'shear'"),
     (["evolution", "SNAPS", "--weights", "OTHER", "--data", "DATA"], "another architecture"),
-    (["compare-first-layer", "--weights", "W", "-o", "out.txt"], "must end in .png"),
+    (["compare-first-layer", "--weights", "W", "-o", "out.txt"], "not a picture format"),
 ])
 def test_wrong_arguments_exit_2_with_one_line(files, tmp_path, argv, message):
     other = nn.Sequential([("conv1", nn.Conv2d(3, 7, 5, 2, 2)), ("relu1", nn.ReLU()),

@@ -49,6 +49,17 @@ def test_occlude_writes_the_figure_and_says_where_it_hurts(weights, tmp_path):
         assert picture.width > 4 * picture.height
 
 
+def test_the_analysis_figures_take_the_format_of_their_suffix(weights, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = _image(tmp_path / "img.png", 0)
+    for argv, name, fmt in [(["occlude", image, "--size", "4", "--stride", "4"], "o.jpg", "JPEG"),
+                            (["invariance", image, "--transform", "rotate"], "i.webp", "WEBP")]:
+        status, _, err = run_cli(argv + ["--weights", weights, "--backend", "numpy", "-o", name], capsys)
+        assert status == 0, err
+        with Image.open(tmp_path / name) as picture:
+            assert picture.format == fmt
+
+
 def test_occlude_with_a_wrong_argument_exits_2_without_a_traceback(weights, tmp_path):
     image = _image(tmp_path / "img.png", 0)
     proc = run("occlude", image, "--weights", weights, "--size", "17", "-o", str(tmp_path / "x.png"))
@@ -60,7 +71,7 @@ def test_occlude_with_a_wrong_argument_exits_2_without_a_traceback(weights, tmp_
 
 @pytest.mark.parametrize("args, word", [
     (["--stride", "0"], "stride"), (["--layer", "conv9"], "conv9"), (["--target", "dog"], "--target"),
-    (["--feature", "4"], "feature"), (["-o", "img.png/x.png"], "-o"), (["-o", "x.jpg"], "-o"),  # in a file
+    (["--feature", "4"], "feature"), (["-o", "img.png/x.png"], "-o"), (["-o", "x.txt"], "not a picture format"),  # in a file
 ])
 def test_occlude_errors_in_process(weights, tmp_path, capsys, monkeypatch, args, word):
     monkeypatch.chdir(tmp_path)

@@ -913,8 +913,12 @@ def _class_index(text, classes, n_classes):
 
 
 def _check_output(path, suffixes):
-    """Refuse an output path that cannot be written, before any long work (``suffixes``: one or a tuple)."""
-    check_output_file(path, "-o/--output", [suffixes] if isinstance(suffixes, str) else list(suffixes))
+    """Refuse an output path that cannot be written, before any long work (``suffixes``: one or a tuple;
+    None: a picture, in any format Pillow writes, see :func:`picture_format`)."""
+    if suffixes is None:
+        picture_format(path, "-o/--output")
+    check_output_file(path, "-o/--output",
+                      None if suffixes is None else [suffixes] if isinstance(suffixes, str) else list(suffixes))
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"-o/--output {path!r}: the folder {folder!r} does not exist; create it or choose another")
@@ -927,7 +931,7 @@ def cmd_occlude(args):
     from zfraw.io.files import INPUT_LAYER
     from zfraw.render.occlusion import occlusion_figure
 
-    _check_output(args.output, (".png",))
+    _check_output(args.output, None)
     _check_model_args(args)
     backend = _select_backend(args.backend)
     img = data.load_image(args.image)
@@ -953,7 +957,7 @@ def cmd_occlude(args):
     net.clear()
     figure = occlusion_figure(maps, 0, visualize.image_to_uint8(_host_float(x[0]), mean),
                               _host_float(projection[0]), classes=classes)
-    _save_png(figure, args.output)
+    _save_output_picture(figure, args.output)
     drop = strongest_drop(maps)[0]
     name = lambda k: classes[k] if classes and 0 <= k < len(classes) else f"class {k}"  # noqa: E731
     print(f"{maps.layer} feature {int(maps.feature[0])}; p({name(int(maps.target[0]))}) = {unoccluded:.3f} "
@@ -1045,7 +1049,7 @@ def cmd_invariance(args):
     from zfraw.analysis import invariance as inv
     from zfraw.render.invariance import invariance_figure
 
-    _check_output(args.output, ".png")
+    _check_output(args.output, None)
     _select_backend(args.backend)
     net, classes, mean = _load_net(args.weights)
     classes = _class_names(args.classes, classes)
@@ -1058,7 +1062,7 @@ def cmd_invariance(args):
     result = inv.invariance(net, x, args.transform, amounts, layers, target=target, progress=True)
     names = [os.path.basename(p) + (f" ({classes[t]})" if classes and t < len(classes) else f" (class {t})")
              for p, t in zip(args.images, result["target"])]
-    _save_png(invariance_figure(result, layers, kind=args.kind, labels=names), args.output)
+    _save_output_picture(invariance_figure(result, layers, kind=args.kind, labels=names), args.output)
     for lyr in layers:
         worst = np.nanmax(result[lyr]["relative"], axis=1)
         print(f"{lyr}: largest relative distance per image " + ", ".join(f"{v:.3f}" for v in worst))
@@ -1096,7 +1100,7 @@ def cmd_evolution(args):
     from zfraw.analysis import evolution as evo
     from zfraw.render.evolution import evolution_figure
 
-    _check_output(args.output, ".png")
+    _check_output(args.output, None)
     _select_backend(args.backend)
     if args.weights and not args.snapshots:
         raise UsageError("--weights needs the snapshots of that model's training (SNAPSHOTS: a folder or a packed file)")
@@ -1110,7 +1114,7 @@ def cmd_evolution(args):
     transform = data.eval_transform(side, side, mean)
     x = np.stack([transform(ds[i][0]) for i in range(n)]).astype(np.float32)
     result = evo.evolution((epochs, nets), x, args.layers, n_features=args.features, progress=True)
-    _save_png(evolution_figure(result), args.output)
+    _save_output_picture(evolution_figure(result), args.output)
     print(f"wrote {args.output} (epochs {', '.join(map(str, epochs))}, {n} images)")
     return 0
 
@@ -1120,7 +1124,7 @@ def cmd_compare_first_layer(args):
     from zfraw.analysis import first_layer as fl
     from zfraw.render.first_layer import first_layer_figure, report_line
 
-    _check_output(args.output, ".png")
+    _check_output(args.output, None)
     _select_backend(args.backend)
     if args.weights:
         nets = {}
@@ -1135,12 +1139,12 @@ def cmd_compare_first_layer(args):
         reports[name] = fl.first_layer_report(net, ds, data.eval_transform(side, side, mean),
                                               n_features=args.features, limit=args.images, progress=True)
         print(report_line(name, reports[name]))
-    _save_png(first_layer_figure(reports), args.output)
+    _save_output_picture(first_layer_figure(reports), args.output)
     print(f"wrote {args.output}")
     return 0
 
 
-def _save_png(picture, path):
+def _save_output_picture(picture, path):
     """Save a PIL image atomically, in the format its suffix names (see :func:`picture_format`)."""
     _save_picture(picture, path, "-o/--output")
 
@@ -1242,7 +1246,8 @@ def _add_analysis_commands(sub):
                    help="plot the distance divided by the original's norm (default) or the plain distance")
     s.add_argument("--target", default=None, help="the true class (name or index; default: the prediction)")
     s.add_argument("--classes", default=None, help="comma-separated class names of a model that records none (default: the model's own)")
-    s.add_argument("-o", "--output", default="invariance.png")
+    s.add_argument("-o", "--output", default="invariance.png", metavar="FILE",
+                   help="the picture; its suffix picks the format (.png, .jpg, ...)")
     _add_weights(s), _add_backend(s)
     s.set_defaults(func=cmd_invariance)
 
@@ -1254,7 +1259,8 @@ def _add_analysis_commands(sub):
     s.add_argument("--images", type=positive_int, default=200, help="images searched at each snapshot (default 200)")
     s.add_argument("--layers", type=_name_list, default=None, help="comma-separated conv layers (default: all)")
     s.add_argument("--features", type=positive_int, default=4, help="features followed per layer (default 4)")
-    s.add_argument("-o", "--output", default="evolution.png")
+    s.add_argument("-o", "--output", default="evolution.png", metavar="FILE",
+                   help="the picture; its suffix picks the format (.png, .jpg, ...)")
     _add_weights(s), _add_backend(s)
     s.set_defaults(func=cmd_evolution)
 
@@ -1265,7 +1271,8 @@ def _add_analysis_commands(sub):
     s.add_argument("--data", default="builtin", help="'builtin' or a folder of class folders")
     s.add_argument("--images", type=positive_int, default=200, help="images searched for the conv2 top 9 (default 200)")
     s.add_argument("--features", type=positive_int, default=4, help="conv2 features shown (default 4)")
-    s.add_argument("-o", "--output", default="first_layer.png")
+    s.add_argument("-o", "--output", default="first_layer.png", metavar="FILE",
+                   help="the picture; its suffix picks the format (.png, .jpg, ...)")
     _add_backend(s)
     s.set_defaults(func=cmd_compare_first_layer)
 
@@ -1382,7 +1389,8 @@ def build_parser():
     s.add_argument("--batch-size", type=positive_int, default=64, help="occluded copies per forward pass")
     s.add_argument("--classes", default=None, help="class names: comma-separated, or a file with one per line "
                    "(default: those saved with the model)")
-    s.add_argument("-o", "--output", default="occlusion.png")
+    s.add_argument("-o", "--output", default="occlusion.png", metavar="FILE",
+                   help="the picture; its suffix picks the format (.png, .jpg, ...)")
     _add_weights(s), _add_model(s), _add_preprocessing(s), _add_backend(s)
     s.set_defaults(func=cmd_occlude)
 
@@ -1394,7 +1402,7 @@ def build_parser():
                    "[,part]) or JSON file of boxes in the images' own pixels (default: none: the built-in data)")
     s.add_argument("--layers", default=None, help="comma-separated layers (default pool5,relu7)")
     s.add_argument("--draws", type=positive_int, default=10, help="random-box draws for the baseline (default 10)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the random boxes")
     s.add_argument("--fill", type=finite_float, default=0.0, help="value of the hidden pixels (default 0: the mean)")
     s.add_argument("-o", "--output", default=None, help="also write the table (.md or .html) (default: print it only)")
     _add_weights(s), _add_backend(s)
