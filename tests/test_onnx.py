@@ -374,7 +374,7 @@ def test_import_errors_are_one_line_with_status_2(tmp_path, capsys):
     assert len(run.stderr.strip().splitlines()) == 1
     cases = [(["import", str(tmp_path / "g.onnx"), "-o", str(tmp_path / "w.txt")], ".npz"),
              (["import", str(tmp_path / "w.npz"), "-o", str(tmp_path / "w2.npz")], "must be an ONNX model"),
-             (["import", str(tmp_path / "g.onnx"), "-o", str(tmp_path / "nodir" / "w.npz")], "does not exist"),
+             (["import", str(tmp_path / "g.onnx"), "-o", str(truncated / "w.npz")], "is a file, not a folder"),
              (["predict", str(tmp_path / "nophoto.jpg"), "--model", str(tmp_path / "g.onnx")], "nophoto.jpg"),
              (["predict", str(tmp_path / "nophoto.jpg"), "--model", str(tmp_path / "g.onnx"),
                "--weights", "x.npz"], "not both")]

@@ -919,9 +919,6 @@ def _check_output(path, suffixes):
         picture_format(path, "-o/--output")
     check_output_file(path, "-o/--output",
                       None if suffixes is None else [suffixes] if isinstance(suffixes, str) else list(suffixes))
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"-o/--output {path!r}: the folder {folder!r} does not exist; create it or choose another")
 
 
 def cmd_occlude(args):
