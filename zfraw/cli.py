@@ -722,8 +722,7 @@ def eval_crop_box(h, w, side):
 def cmd_project(args):
     from zfraw import data, to_device, visualize
 
-    picture_format(args.output, "-o/--output")
-    check_output_file(args.output, "-o/--output", None)
+    _check_picture_output(args.output)
     _check_model_args(args)
     _select_backend(args.backend)
     img = data.load_image(args.image)
@@ -782,8 +781,7 @@ def cmd_top9(args):
 def cmd_filters(args):
     from zfraw import nn, to_host, visualize
 
-    picture_format(args.output, "-o/--output")
-    check_output_file(args.output, "-o/--output", None)
+    _check_picture_output(args.output)
     _select_backend(args.backend)
     net, _ = _open_model(args)
     convs = [n for n, lyr in net if isinstance(lyr, nn.Conv2d)]
@@ -913,12 +911,14 @@ def _class_index(text, classes, n_classes):
 
 
 def _check_output(path, suffixes):
-    """Refuse an output path that cannot be written, before any long work (``suffixes``: one or a tuple;
-    None: a picture, in any format Pillow writes, see :func:`picture_format`)."""
-    if suffixes is None:
-        picture_format(path, "-o/--output")
-    check_output_file(path, "-o/--output",
-                      None if suffixes is None else [suffixes] if isinstance(suffixes, str) else list(suffixes))
+    """Refuse an output path that cannot be written, before any long work (``suffixes``: one or a tuple)."""
+    check_output_file(path, "-o/--output", [suffixes] if isinstance(suffixes, str) else list(suffixes))
+
+
+def _check_picture_output(path):
+    """Refuse, before any long work, an -o that names no picture format Pillow writes or cannot be written."""
+    picture_format(path, "-o/--output")
+    check_output_file(path, "-o/--output", None)
 
 
 def cmd_occlude(args):
@@ -928,7 +928,7 @@ def cmd_occlude(args):
     from zfraw.io.files import INPUT_LAYER
     from zfraw.render.occlusion import occlusion_figure
 
-    _check_output(args.output, None)
+    _check_picture_output(args.output)
     _check_model_args(args)
     backend = _select_backend(args.backend)
     img = data.load_image(args.image)
@@ -954,7 +954,7 @@ def cmd_occlude(args):
     net.clear()
     figure = occlusion_figure(maps, 0, visualize.image_to_uint8(_host_float(x[0]), mean),
                               _host_float(projection[0]), classes=classes)
-    _save_output_picture(figure, args.output)
+    _save_picture(figure, args.output, "-o/--output")
     drop = strongest_drop(maps)[0]
     name = lambda k: classes[k] if classes and 0 <= k < len(classes) else f"class {k}"  # noqa: E731
     print(f"{maps.layer} feature {int(maps.feature[0])}; p({name(int(maps.target[0]))}) = {unoccluded:.3f} "
@@ -1046,7 +1046,7 @@ def cmd_invariance(args):
     from zfraw.analysis import invariance as inv
     from zfraw.render.invariance import invariance_figure
 
-    _check_output(args.output, None)
+    _check_picture_output(args.output)
     _select_backend(args.backend)
     net, classes, mean = _load_net(args.weights)
     classes = _class_names(args.classes, classes)
@@ -1059,7 +1059,7 @@ def cmd_invariance(args):
     result = inv.invariance(net, x, args.transform, amounts, layers, target=target, progress=True)
     names = [os.path.basename(p) + (f" ({classes[t]})" if classes and t < len(classes) else f" (class {t})")
              for p, t in zip(args.images, result["target"])]
-    _save_output_picture(invariance_figure(result, layers, kind=args.kind, labels=names), args.output)
+    _save_picture(invariance_figure(result, layers, kind=args.kind, labels=names), args.output, "-o/--output")
     for lyr in layers:
         worst = np.nanmax(result[lyr]["relative"], axis=1)
         print(f"{lyr}: largest relative distance per image " + ", ".join(f"{v:.3f}" for v in worst))
@@ -1097,7 +1097,7 @@ def cmd_evolution(args):
     from zfraw.analysis import evolution as evo
     from zfraw.render.evolution import evolution_figure
 
-    _check_output(args.output, None)
+    _check_picture_output(args.output)
     _select_backend(args.backend)
     if args.weights and not args.snapshots:
         raise UsageError("--weights needs the snapshots of that model's training (SNAPSHOTS: a folder or a packed file)")
@@ -1111,7 +1111,7 @@ def cmd_evolution(args):
     transform = data.eval_transform(side, side, mean)
     x = np.stack([transform(ds[i][0]) for i in range(n)]).astype(np.float32)
     result = evo.evolution((epochs, nets), x, args.layers, n_features=args.features, progress=True)
-    _save_output_picture(evolution_figure(result), args.output)
+    _save_picture(evolution_figure(result), args.output, "-o/--output")
     print(f"wrote {args.output} (epochs {', '.join(map(str, epochs))}, {n} images)")
     return 0
 
@@ -1121,7 +1121,7 @@ def cmd_compare_first_layer(args):
     from zfraw.analysis import first_layer as fl
     from zfraw.render.first_layer import first_layer_figure, report_line
 
-    _check_output(args.output, None)
+    _check_picture_output(args.output)
     _select_backend(args.backend)
     if args.weights:
         nets = {}
@@ -1136,14 +1136,9 @@ def cmd_compare_first_layer(args):
         reports[name] = fl.first_layer_report(net, ds, data.eval_transform(side, side, mean),
                                               n_features=args.features, limit=args.images, progress=True)
         print(report_line(name, reports[name]))
-    _save_output_picture(first_layer_figure(reports), args.output)
+    _save_picture(first_layer_figure(reports), args.output, "-o/--output")
     print(f"wrote {args.output}")
     return 0
-
-
-def _save_output_picture(picture, path):
-    """Save a PIL image atomically, in the format its suffix names (see :func:`picture_format`)."""
-    _save_picture(picture, path, "-o/--output")
 
 
 # ============================================================== parser
