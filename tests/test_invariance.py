@@ -1,5 +1,6 @@
 """Invariance (fig. 5): the transforms against exact references, distance 0 at the identity,
 a translation-equivariant hand-built net whose distances are known, the figure, bad arguments."""
+import matplotlib
 import numpy as np
 import pytest
 
@@ -103,6 +104,9 @@ def test_figure_has_one_panel_per_layer_and_one_for_the_probability(rng):
         invariance_figure(r, kind="cosine")
     with pytest.raises(ValueError, match="layers"):
         invariance_figure(r, ["conv9"])
+    # names are drawn as written: "$\\bad$" would be mathtext that does not parse
+    odd = invariance_figure(r, ["conv1"], labels=[r"cost $\bad$ x.jpg", "a_$5_$6"], title=r"$\bad$")
+    assert odd.size[0] > 0 and matplotlib.rcParams["text.parse_math"]  # and the setting is restored
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -173,6 +173,8 @@ def test_figure_has_five_panels_and_a_legend(rng):
     image = np.zeros((12, 10, 3), dtype=np.uint8)
     picture = occlusion_figure(maps, 0, image, np.zeros((3, 12, 10)), classes=["a", "b", "c", "d"])
     assert picture.mode == "RGB" and picture.width > 4 * picture.height
+    odd = occlusion_figure(maps, 0, image, np.zeros((3, 12, 10)), classes=[r"cost $\bad$", "$x", "c", "d"])
+    assert odd.width > 4 * odd.height  # drawn as written, not parsed as mathtext (which raised)
     with pytest.raises(ValueError, match="projection"):
         occlusion_figure(maps, 0, image, np.zeros((3, 5, 5)))
     with pytest.raises(ValueError, match="index"):

@@ -6,30 +6,18 @@ matplotlib's Agg canvas (no GUI, no pyplot state) and returned as a PIL image.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 from zfraw.analysis.invariance import UNITS
+from zfraw.render.figures import figure_to_image, plain_text
 
-__all__ = ["invariance_figure", "figure_to_image", "KINDS"]
+__all__ = ["invariance_figure", "KINDS"]
 
 #: which distance a layer panel plots
 KINDS = ("relative", "distance")
 
 
-def figure_to_image(fig, dpi=100):
-    """A matplotlib Figure rendered by the Agg canvas to a PIL RGB image."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
-
-
+@plain_text()
 def invariance_figure(result, layers=None, kind="relative", labels=None, title=None, panel_size=(3.2, 2.6)):
     """Fig. 5: one panel per layer and one for the class probability, one line per image.
 

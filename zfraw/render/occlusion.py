@@ -15,16 +15,14 @@ the image.  Rendering uses matplotlib's object API (no pyplot state) into a PIL 
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 from zfraw.analysis.occlusion import OcclusionMaps, strongest_drop
 from zfraw.backend import to_host
+from zfraw.render.figures import figure_to_image, plain_text
 from zfraw.visualize import projection_to_image
 
-__all__ = ["occlusion_figure", "map_extent", "figure_to_image"]
+__all__ = ["occlusion_figure", "map_extent"]
 
 
 def map_extent(maps, height, width):
@@ -39,6 +37,7 @@ def _name(classes, k):
     return classes[k] if classes is not None and 0 <= k < len(classes) else f"class {k}"
 
 
+@plain_text()
 def occlusion_figure(maps, index, image, projection, classes=None, dpi=100):
     """Fig. 7 for image ``index`` of an :class:`~zfraw.analysis.occlusion.OcclusionMaps`.
 
@@ -117,16 +116,7 @@ def occlusion_figure(maps, index, image, projection, classes=None, dpi=100):
     ax.legend(handles=[Patch(color=palette[k], label=_name(classes, k)) for k in present],
               loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
 
-    return figure_to_image(fig)
-
-
-def figure_to_image(fig):
-    """A matplotlib Figure as an RGB PIL image, cropped to what is drawn (``bbox_inches="tight"``)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1, facecolor="white")
-    buffer.seek(0)
-    with Image.open(buffer) as picture:
-        return picture.convert("RGB")
+    return figure_to_image(fig, dpi=dpi, tight=True)
 
 
 def _palette(k):
