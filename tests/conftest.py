@@ -56,6 +56,32 @@ def emulated_cupy(monkeypatch):
     return cupy
 
 
+@pytest.fixture(scope="session")
+def cuda_emulator(tmp_path_factory):
+    """kernels/*.cu compiled for the CPU (tests/emulated_cuda.py), once per session."""
+    from emulated_cuda import emulator_in
+
+    emulator = emulator_in(tmp_path_factory.mktemp("emulated-cuda"))
+    if emulator is None:
+        pytest.skip("no C++ compiler (g++ or clang++) to run the CUDA kernels on the CPU")
+    return emulator
+
+
+@pytest.fixture
+def emulated_gpu(request, emulated_cupy, cuda_emulator):
+    """The ``cupy`` and ``cuda`` backends without a GPU: CuPy emulated (``emulated_cupy``) and the
+    ``cuda`` backend's kernels run by ``cuda_emulator`` on the emulated device arrays; returns cupy."""
+    import emulated_cupy as emulation
+    from zfraw.kernels import cuda
+
+    def launch(source, dtype, expr, blocks, threads, args):
+        host = tuple(emulation.host_view(a) if isinstance(a, emulation.ndarray) else a for a in args)
+        cuda_emulator(source, dtype, expr, blocks, threads, host)
+
+    with cuda._use_launcher(launch):
+        yield emulated_cupy
+
+
 @pytest.fixture
 def rng():
     """A fresh seeded generator per test."""

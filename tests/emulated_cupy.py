@@ -223,6 +223,11 @@ class _Ufunc:
         return _device_call(value) if callable(value) else value
 
 
+def host_view(a):
+    """The NumPy array behind a device array (the same memory: writes to it show on the device)."""
+    return a._host
+
+
 def _asnumpy(a, *args, **kwargs):
     return a.get() if isinstance(a, ndarray) else np.asarray(a)
 
@@ -251,4 +256,4 @@ def install(monkeypatch):
     return sys.modules["cupy"]
 
 
-__all__ = ["ndarray", "module", "install", "HOST_MESSAGE", "TRANSFERS"]
+__all__ = ["ndarray", "module", "install", "host_view", "HOST_MESSAGE", "TRANSFERS"]
