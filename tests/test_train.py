@@ -535,6 +535,25 @@ def test_an_unreadable_image_is_named_once_on_one_line(tmp_path, capsys):
     assert "UserWarning" not in err and "warnings.warn" not in err and "epoch 2/2" in out
 
 
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path, capsys, monkeypatch):
+    from zfraw import cli
+
+    small = draw_two_class_folder(tmp_path / "small", 3, seed=6)
+    ck = tmp_path / "ck.npz"
+    argv = ["train", "--backend", "numpy", "--data", small, "--batch-size", "3", "--out", str(tmp_path / "m.npz")]
+    assert run_cli(argv + ["--epochs", "1", "--checkpoint", str(ck)], capsys)[0] == 0
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_train_folder", stopped)
+    for extra, words in [([], "interrupted; nothing was saved (--checkpoint FILE"),
+                         (["--checkpoint", str(ck)], f"interrupted; {ck} holds epoch 1: run the same command with "
+                                                     "--resume")]:
+        status, out, err = run_cli(argv + ["--epochs", "3"] + extra, capsys)
+        assert status == 130 and err.strip().splitlines()[-1].startswith(words), err
+
+
 def test_a_run_resumed_after_its_last_epoch_keeps_the_best_model(folders, tmp_path):
     """With --val the saved file is the best epoch's; resuming a finished run must not replace it
     with the last epoch's model."""

@@ -492,9 +492,25 @@ def cmd_demo(args):
 
 
 def cmd_train(args):
-    if args.builtin:
-        return _train_builtin(args)
-    return _train_folder(args)
+    try:
+        return _train_builtin(args) if args.builtin else _train_folder(args)
+    except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
+        print(f"interrupted; {_resume_hint(args.checkpoint)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(checkpoint):
+    """What a stopped training run left: the checkpoint's epoch and how to continue, or that nothing was kept."""
+    from zfraw.io import npz
+
+    if not checkpoint or not os.path.exists(checkpoint):
+        return "nothing was saved (--checkpoint FILE keeps every epoch, and --resume continues from it)"
+    try:
+        epoch = npz.read_meta(checkpoint).get("epoch")
+    except (OSError, ValueError, zipfile.BadZipFile):
+        epoch = None
+    done = f"holds epoch {epoch}" if epoch is not None else "holds the last finished epoch"
+    return f"{checkpoint} {done}: run the same command with --resume to continue"
 
 
 def _train_builtin(args):
