@@ -183,6 +183,7 @@ def test_every_command_on_an_emulated_gpu_equals_numpy(name, backend, files, num
         if run == "numpy" and name in numpy_runs:  # its outputs are in root / name / "numpy" already
             printed["numpy"] = numpy_runs[name]
             continue
+        made = emulated_cupy.ndarray.made
         run_dir = root / name / run
         run_dir.mkdir(parents=True, exist_ok=True)
         monkeypatch.chdir(run_dir)
@@ -195,6 +196,9 @@ def test_every_command_on_an_emulated_gpu_equals_numpy(name, backend, files, num
         printed[run] = out.replace(f"'{run}'", "'numpy'")
         if run == "numpy":
             numpy_runs[name] = printed["numpy"]
+            assert emulated_cupy.ndarray.made == made  # nothing on the "device"
+        else:
+            assert emulated_cupy.ndarray.made > made + 10, "the command ran no array on the emulated device"
     assert printed[backend] == printed["numpy"]
     if backend == "cuda" and name != "filters":  # filters only draws the weights
         assert launched, "the cuda backend launched no kernel"
