@@ -156,6 +156,19 @@ def test_invalid_option_values_are_refused(argv, option, capsys):
     assert option in one_line(err, argv[0])
 
 
+def test_a_model_that_cannot_be_read_is_named_by_its_own_argument(tmp_path, capsys):
+    pytest.importorskip("torch")
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"not a state dict")
+    status, _, err = run_cli(["import", str(bad), "-o", str(tmp_path / "w.npz")], capsys)
+    assert status == 2 and one_line(err, "import").startswith("zfraw import: error: MODEL")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    status, _, err = run_cli(["predict", str(photo), "--model", str(tmp_path)], capsys)  # a folder
+    line = one_line(err, "predict")
+    assert status == 2 and "--model" in line and ".onnx" in line and ".pth" in line
+
+
 @pytest.mark.parametrize("argv", [["top9", "--data"], ["evolution", "--snapshots"], ["demo", "--bogus", "3"]])
 def test_an_unknown_option_is_reported_by_its_command(argv, capsys):
     status, out, err = run_cli(argv, capsys)

@@ -158,17 +158,21 @@ def _names_file(message, path):
     return os.fspath(path) in message or os.path.basename(os.fspath(path)) in message
 
 
-def _read_model_file(path, option, read):
+#: what to give instead of a model file that cannot be read: a zfraw .npz (--weights), or any model (--model)
+NPZ_HINT = "give a .npz written by zfraw (net.save, zfraw train)"
+MODEL_HINT = "give an ONNX model (.onnx), a PyTorch state dict (.pth, .pt) or a .npz written by zfraw"
+
+
+def _read_model_file(path, option, read, hint=NPZ_HINT):
     """``read(path)``, with any failure to read a model file turned into one UsageError naming it."""
     if not os.path.exists(path):
         raise UsageError(f"{option} {path!r}: no such file")
     if os.path.isdir(path):
-        raise UsageError(f"{option} {path!r} is not a zfraw weights file (.npz): it is a folder; "
-                         f"give a model file saved by zfraw (.npz)")
+        what = "a zfraw weights file (.npz)" if hint is NPZ_HINT else "a model file"
+        raise UsageError(f"{option} {path!r} is not {what}: it is a folder; {hint}")
     try:
         return read(path)
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        hint = "give a .npz written by zfraw (net.save, zfraw train)"
         text = _describe(exc)
         if "pickle" in text or isinstance(exc, TypeError):  # never NumPy's advice to load it unsafely
             raise UsageError(f"{option} {path!r} is not a zfraw model file (not a .npz archive of arrays); "
@@ -267,9 +271,9 @@ def _check_model_args(args):
         raise UsageError("give --model or --weights, not both")
 
 
-def _open_model(args):
-    """(net, extra) from --model (a file) or --weights / the built-in model; the
-    command line's preprocessing applied."""
+def _open_model(args, model_option="--model"):
+    """(net, extra) from --model (a file; ``model_option`` names it in errors) or --weights / the
+    built-in model; the command line's preprocessing applied."""
     from zfraw import builtin, to_device
     from zfraw.io import files
 
@@ -281,8 +285,9 @@ def _open_model(args):
         net = to_device(net)
     else:
         try:
-            net, extra = _read_model_file(model, "--model",
-                                          lambda p: files.load_model(p, arch=getattr(args, "arch", None)))
+            net, extra = _read_model_file(model, model_option,
+                                          lambda p: files.load_model(p, arch=getattr(args, "arch", None)),
+                                          hint=MODEL_HINT)
         except ImportError as exc:
             raise UsageError(str(exc)) from None
     prep = _preprocessing_from_args(args, net)
@@ -845,7 +850,7 @@ def cmd_import(args):
     if not args.model.lower().endswith((".onnx", ".pth", ".pt")):
         raise UsageError(f"MODEL {args.model!r} must be an ONNX model (.onnx) or a PyTorch state dict (.pth, .pt)")
     t0 = time.perf_counter()
-    net, _ = _open_model(args)
+    net, _ = _open_model(args, model_option="MODEL")
     print(f"{args.model}: {net.name}, {len(net)} layers, read in {time.perf_counter() - t0:.1f} s")
     print(visualize.format_table(visualize.architecture_table(net)))
     prep = net.preprocessing
