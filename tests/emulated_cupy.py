@@ -105,26 +105,6 @@ class ndarray:
         value = getattr(self._host, name)
         return _device_call(value) if callable(value) else _wrap(value)
 
-    @property
-    def shape(self):
-        return self._host.shape
-
-    @property
-    def dtype(self):
-        return self._host.dtype
-
-    @property
-    def ndim(self):
-        return self._host.ndim
-
-    @property
-    def size(self):
-        return self._host.size
-
-    @property
-    def T(self):
-        return ndarray(self._host.T)
-
     def __getitem__(self, key):
         return _wrap(self._host[_unwrap(key, allow_host=True)])
 

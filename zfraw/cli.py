@@ -406,7 +406,7 @@ def _save_picture(picture, path, option):
     if fmt == "JPEG":
         picture = picture.convert("RGB")
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    atomic_write(path, lambda fh: picture.save(fh, format=fmt, **options), suffix=".tmp")
+    atomic_write(path, lambda fh: picture.save(fh, format=fmt, **options))
 
 
 def _forbid(args, option, names, reason):
@@ -1041,7 +1041,7 @@ def cmd_correspond(args):
         from zfraw.nn import atomic_write
 
         text = html_table(results, layers) if args.output.lower().endswith(".html") else table + "\n"
-        atomic_write(args.output, lambda fh: fh.write(text.encode("utf-8")), suffix=".tmp")
+        atomic_write(args.output, lambda fh: fh.write(text.encode("utf-8")))
         print(f"wrote {args.output}")
     return 0
 

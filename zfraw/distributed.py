@@ -392,7 +392,7 @@ def _open_shard_dir(shard_dir, fingerprint):
             raise ValueError(f"shard_dir: {shard_dir!r} holds shards of another scan ({', '.join(differ)} "
                              f"differ); use a new folder, or delete this one to start again")
     else:
-        atomic_write(path, lambda fh: fh.write(json.dumps(fingerprint, indent=1).encode()), suffix=".json.tmp")
+        atomic_write(path, lambda fh: fh.write(json.dumps(fingerprint, indent=1).encode()))
 
 
 def _shard_path(shard_dir, j):

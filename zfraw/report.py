@@ -573,7 +573,7 @@ def occlusion_section(tmp, net, images, labels, mean, classes, size=None, stride
     projections = np.asarray(to_host(deconvnet.project(net, xd, layer, feature=maps.feature)))
     net.clear()
     name = (lambda k: classes[k] if classes and 0 <= k < len(classes) else str(k))  # noqa: E731
-    out = [f"<h2 id=\"occlusion\">Occlusion: what the network looks at</h2>",
+    out = ["<h2 id=\"occlusion\">Occlusion: what the network looks at</h2>",
            f"<p>Each figure hides part of one image behind a grey {size}x{size} square (the mean colour: 0 "
            f"after the mean is subtracted), placed at every position of a grid {stride} pixels apart, and runs "
            f"the network on every copy. (b) shows how strongly the image's strongest {_esc(layer)} feature map "

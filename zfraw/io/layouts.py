@@ -211,7 +211,7 @@ def main(argv=None):
     from zfraw.io.npz import atomic_write
 
     data = model.SerializeToString()
-    atomic_write(args.output, lambda fh: fh.write(data), suffix=".onnx.tmp")
+    atomic_write(args.output, lambda fh: fh.write(data))
     print(f"wrote {args.output} ({len(data) / 1e6:.1f} MB, {args.layout} layout, opset {args.opset}, random weights)")
     return 0
 

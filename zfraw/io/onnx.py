@@ -624,6 +624,6 @@ def save(net, path, input_shape=None, opset=DEFAULT_OPSET):
         helper.set_model_props(model, {PREPROCESSING_KEY: json.dumps(net.preprocessing.to_dict())})
     onnx.checker.check_model(model)
     data = model.SerializeToString()
-    atomic_write(path, lambda fh: fh.write(data), suffix=".onnx.tmp")
+    atomic_write(path, lambda fh: fh.write(data))
     return path
 
